@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages progemu needs when they are missing:
+#   - a Java runtime for METEOR 1.5 (pycocoevalcap runs its bundled jar),
+#   - chromium + chromium-driver for the browser test of `progemu serve`.
+# Never downloads a browser from a test tool; uses Debian's packages only.
+set -euo pipefail
+need=()
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" != "0" ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "progemu: missing system packages: ${need[*]} (run as root or install them: apt-get install -y ${need[*]})" >&2
+    exit 0
+  fi
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "progemu: not a Debian-like system; please install: ${need[*]} (Java runtime, chromium, chromedriver)" >&2
+  exit 0
+fi
+echo "progemu: installing system packages: ${need[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
