@@ -1,0 +1,149 @@
+"""Generations cached on disk, one folder per row, resumable.
+
+Format (``GEN`` = ``--generations DIR``, default ``OUT/generations``)::
+
+    GEN/<row>/index.jsonl                       # one line per finished pair (fsync'ed, append-only)
+    GEN/<row>/<pair folder>/counterfactual_<k>.png   # k = 0 .. samples-1, 8-bit greyscale
+    GEN/<row>/<pair folder>/attention.npy       # float32 [P, h, w], P = len(phrases) (optional)
+
+An ``index.jsonl`` line: ``{"pair_id", "folder", "samples", "interpretation", "phrases",
+"attention": "attention.npy" | null, "seconds"}``. ``<pair folder>`` is the pair id
+with ``/`` replaced by ``__``. PNGs are written before the index line, so a line
+on disk means a complete generation; a re-run generates only the pairs without a
+line. Anything (another model, a baseline) can be evaluated by writing this format.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from progemu.utils.atomic import append_jsonl, atomic_save_png, read_jsonl
+
+__all__ = ["Generation", "GenerationCache", "pair_folder", "generate_missing"]
+
+log = logging.getLogger(__name__)
+
+
+def pair_folder(pair_id: str) -> str:
+    return pair_id.replace("/", "__")
+
+
+@dataclasses.dataclass
+class Generation:
+    """One cached generation: counterfactual images ``float32 [H, W]`` in [0, 1] and text."""
+
+    pair_id: str
+    counterfactuals: list[np.ndarray]
+    interpretation: str | None
+    phrases: list[str] = dataclasses.field(default_factory=list)
+    attention: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # phrase -> float [h, w]
+    seconds: float | None = None
+
+
+class GenerationCache:
+    """The cached generations of one row (e.g. ``GEN/progemu``)."""
+
+    def __init__(self, root: str | Path, row: str):
+        self.directory = Path(root) / row
+        self.index_path = self.directory / "index.jsonl"
+
+    def records(self) -> dict[str, dict]:
+        """pair id -> index record (the last line wins if a pair was written twice)."""
+        return {record["pair_id"]: record for record in read_jsonl(self.index_path)}
+
+    def write(self, generation: Generation) -> None:
+        folder = self.directory / pair_folder(generation.pair_id)
+        for k, image in enumerate(generation.counterfactuals):
+            atomic_save_png(folder / f"counterfactual_{k}.png", np.clip(np.asarray(image, np.float32), 0, 1))
+        attention_name = None
+        if generation.attention:
+            from progemu.utils.atomic import atomic_write_bytes
+            import io
+
+            stack = np.stack([np.asarray(generation.attention[p], np.float32) for p in generation.phrases
+                              if p in generation.attention]) if generation.phrases else None
+            if stack is not None and len(stack):
+                buffer = io.BytesIO()
+                np.save(buffer, stack)
+                atomic_write_bytes(folder / "attention.npy", buffer.getvalue())
+                attention_name = "attention.npy"
+        phrases = [p for p in generation.phrases if not generation.attention or p in generation.attention] \
+            if attention_name else list(generation.phrases)
+        append_jsonl(self.index_path, {
+            "pair_id": generation.pair_id, "folder": pair_folder(generation.pair_id),
+            "samples": len(generation.counterfactuals), "interpretation": generation.interpretation,
+            "phrases": phrases, "attention": attention_name, "seconds": generation.seconds})
+
+    def read(self, pair_id: str, record: dict | None = None) -> Generation:
+        from .images import load_image
+
+        record = record or self.records().get(pair_id)
+        if record is None:
+            raise KeyError(f"{self.index_path}: no generation for pair {pair_id}")
+        folder = self.directory / record["folder"]
+        images = []
+        for k in range(int(record.get("samples", 1))):
+            path = folder / f"counterfactual_{k}.png"
+            if not path.exists():
+                raise ValueError(f"{path}: listed in {self.index_path} but missing; delete that line to regenerate")
+            images.append(load_image(path))
+        attention = {}
+        if record.get("attention"):
+            stack = np.load(folder / record["attention"])
+            attention = {phrase: stack[i] for i, phrase in enumerate(record.get("phrases", [])) if i < len(stack)}
+        return Generation(pair_id=pair_id, counterfactuals=images, interpretation=record.get("interpretation"),
+                          phrases=list(record.get("phrases", [])), attention=attention, seconds=record.get("seconds"))
+
+
+def _as_generation(pair_id: str, result, seconds: float | None) -> Generation:
+    """Adapt a ``progemu.generate`` ``GenerationResult`` (architecture contract) to a :class:`Generation`."""
+    attention = getattr(result, "attention", None) or {}
+    return Generation(pair_id=pair_id, counterfactuals=[np.asarray(c, np.float32) for c in result.counterfactuals],
+                      interpretation=getattr(result, "interpretation", None),
+                      phrases=list(getattr(result, "phrases", None) or []),
+                      attention={k: np.asarray(v, np.float32) for k, v in attention.items()}, seconds=seconds)
+
+
+def generate_missing(cache: GenerationCache, pairs: Sequence, make_pipeline: Callable[[], object], *,
+                     samples: int = 1, seed: int = 0, batch_size: int = 4, progress: bool = True,
+                     attention_pairs: int = 0, generate_kwargs: dict | None = None) -> int:
+    """Generate (and cache) every pair of ``pairs`` that has no cached generation; returns how many.
+
+    ``make_pipeline()`` is called only when something is missing (loading a model is slow).
+    The pipeline's ``generate_batch(priors, prompts, samples=, seed=[...], attention=)`` gets
+    priors as ``float32 [H, W]`` arrays in [0, 1] and one seed per request: ``seed + i`` for
+    pair ``i`` of ``pairs``, so a resumed run gives every pair the seed it would have had.
+    Attention maps (extra cost) are asked for the first ``attention_pairs`` pairs only (the
+    ones shown in the report's figures).
+    """
+    from tqdm import tqdm
+
+    from .images import load_image
+
+    done = cache.records()
+    todo = [(i, p) for i, p in enumerate(pairs) if p.pair_id not in done]
+    if not todo:
+        return 0
+    pipeline = make_pipeline()
+    bar = tqdm(total=len(todo), desc=f"generate {cache.directory.name}", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        priors = [load_image(p.prior_image) for _, p in batch]
+        prompts = [p.prompt for _, p in batch]
+        began = time.perf_counter()
+        results = pipeline.generate_batch(priors, prompts, samples=samples, seed=[seed + i for i, _ in batch],
+                                          attention=any(i < attention_pairs for i, _ in batch),
+                                          **(generate_kwargs or {}))
+        seconds = (time.perf_counter() - began) / max(len(batch), 1)
+        if len(results) != len(batch):
+            raise RuntimeError(f"generate_batch returned {len(results)} results for {len(batch)} inputs")
+        for (_, pair), result in zip(batch, results):
+            cache.write(_as_generation(pair.pair_id, result, seconds))
+        bar.update(len(batch))
+    bar.close()
+    return len(todo)

@@ -1,0 +1,143 @@
+"""``table.md`` (Table-1 style) and ``report.html`` (metrics table first, then figures).
+
+The HTML report shows prompts and interpretations of a few test pairs (that is its
+purpose); it is a file for the user, not a log, and is written next to the
+credentialed data's own outputs.
+"""
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from progemu.utils.atomic import atomic_write_text
+
+__all__ = ["markdown_table", "write_report"]
+
+log = logging.getLogger(__name__)
+
+_ARROWS = {"FID": "↓", "CLIP-I": "↑", "CLIP-I-followup": "↑", "AUROC": "↑", "F1": "↑",
+           "BLEU-3": "↑", "METEOR": "↑", "ROUGE-L": "↑"}
+_DIGITS = {"FID": 2, "CLIP-I": 2, "CLIP-I-followup": 2}
+_ROW_NAMES = {"progemu": "ProgEmu", "progemu2": "ProgEmu² (cascade)", "copy-prior": "copy-prior (reference)",
+              "oracle": "oracle: real follow-up (reference)"}
+
+
+def _format(key: str, value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{_DIGITS.get(key, 4)}f}"
+
+
+def markdown_table(metrics: dict) -> str:
+    """Table 1 of the paper, one line per row, plus changed-findings and fidelity columns."""
+    from .runner import METRIC_KEYS
+
+    header = ["method", *[f"{k}{_ARROWS[k]}" for k in METRIC_KEYS], "AUROC (changed)↑", "F1 (changed)↑", "fidelity↑"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in metrics["rows"].items():
+        changed = metrics.get("changed_findings", {}).get(name, {})
+        cells = [_ROW_NAMES.get(name, name), *[_format(k, row.get(k)) for k in METRIC_KEYS],
+                 _format("AUROC", changed.get("AUROC")), _format("F1", changed.get("F1")),
+                 _format("fidelity", metrics.get("fidelity", {}).get(name))]
+        lines.append("| " + " | ".join(cells) + " |")
+    evaluators = metrics.get("evaluators", {})
+    lines += ["", f"{metrics['n_pairs']} pairs of split `{metrics.get('split')}`; evaluators: "
+              f"{evaluators.get('classifier', '?')} / {evaluators.get('clip', '?')}. '–' = does not apply. "
+              "Definitions in metrics.json (`definitions`)."]
+    return "\n".join(lines) + "\n"
+
+
+def _per_finding_html(metrics: dict) -> str:
+    from progemu.data.labels import CHEXPERT_LABELS
+
+    rows = list(metrics.get("per_finding", {}))
+    head = "".join(f"<th>{html.escape(_ROW_NAMES.get(r, r))} AUROC / F1</th>" for r in rows)
+    body = []
+    for label in CHEXPERT_LABELS:
+        cells = []
+        for r in rows:
+            entry = metrics["per_finding"][r].get(label, {})
+            cells.append(f"<td>{_format('AUROC', entry.get('AUROC'))} / {_format('F1', entry.get('F1'))} "
+                         f"<small>(n={entry.get('n', 0)})</small></td>")
+        body.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>")
+    return f"<table><tr><th>finding</th>{head}</tr>{''.join(body)}</table>"
+
+
+def _coloured_interpretation(text: str, phrases: Sequence[str]) -> str:
+    from .figures import PHRASE_COLOURS
+
+    out = html.escape(text or "")
+    for index, phrase in enumerate(phrases[: len(PHRASE_COLOURS)]):
+        colour = "rgb(%d,%d,%d)" % PHRASE_COLOURS[index]
+        escaped = html.escape(phrase)
+        if escaped and escaped in out:
+            out = out.replace(escaped, f'<span style="color:{colour};font-weight:bold">{escaped}</span>', 1)
+    return out
+
+
+def write_report(out: str | Path, metrics: dict, pairs: Sequence, rows: dict, *, size: int, figure_pairs: int = 4) -> Path:
+    """Write ``table.md``, ``figures/*.png`` and ``report.html`` under ``out``; returns the HTML path."""
+    from .figures import attention_figure, comparison_figure
+    from .images import load_image, resize
+
+    out = Path(out)
+    table = markdown_table(metrics)
+    atomic_write_text(out / "table.md", table)
+    figures = out / "figures"
+    chosen = list(range(min(figure_pairs, len(pairs))))
+    model_rows = [name for name in ("progemu", "progemu2") if name in rows]
+    cases = []
+    for i in chosen:
+        pair = pairs[i]
+        cases.append({"title": f"{pair.pair_id}", "prior": resize(load_image(pair.prior_image), size),
+                      "followup": resize(load_image(pair.followup_image), size),
+                      "rows": {name: resize(np.asarray(rows[name].images[i], np.float32), size) for name in model_rows}})
+    sections = []
+    if cases:
+        comparison_figure(cases, figures / "fig3_comparison.png")
+        prompts = "".join(f"<li><code>{html.escape(pairs[i].pair_id)}</code>: {html.escape(pairs[i].prompt)}</li>"
+                          for i in chosen)
+        sections.append("<h2>Counterfactuals (Fig. 3 style)</h2><p>Prior, real follow-up and each model's "
+                        "counterfactual; below, zoomed on the region that changed most (yellow box). Prompts:</p>"
+                        f"<ol>{prompts}</ol><img src='figures/fig3_comparison.png' alt='Fig. 3 style comparison'>")
+    interpretation_blocks = []
+    for name in model_rows:
+        generations = rows[name].generations or {}
+        for i in chosen:
+            generation = generations.get(pairs[i].pair_id)
+            if generation is None:
+                continue
+            figure_html = ""
+            if generation.attention:
+                file = f"fig4_{name}_{i}.png"
+                attention_figure(generation.counterfactuals[0], generation.phrases, generation.attention, figures / file)
+                figure_html = f"<img src='figures/{file}' alt='attention maps'>"
+            interpretation_blocks.append(
+                f"<h3>{html.escape(_ROW_NAMES.get(name, name))}: <code>{html.escape(pairs[i].pair_id)}</code></h3>"
+                f"<p><b>Prompt:</b> {html.escape(pairs[i].prompt)}</p>"
+                f"<p><b>Interpretation:</b> {_coloured_interpretation(generation.interpretation, generation.phrases)}</p>"
+                f"<p><b>Reference:</b> {html.escape(pairs[i].interpretation)}</p>{figure_html}")
+    if interpretation_blocks:
+        sections.append("<h2>Interpretations and attention (Fig. 4 style)</h2>" + "".join(interpretation_blocks))
+    table_html = _markdown_to_html(table)
+    body = (f"<h1>progemu evaluation</h1><h2>Table 1</h2>{table_html}"
+            + "".join(sections)
+            + f"<h2>Per finding</h2>{_per_finding_html(metrics)}")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>progemu evaluation</title><style>"
+            "body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head>"
+            f"<body>{body}</body></html>\n")
+    return atomic_write_text(out / "report.html", page)
+
+
+def _markdown_to_html(table: str) -> str:
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    rows = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines if not line.startswith("|---")]
+    notes = [html.escape(line) for line in table.splitlines() if line and not line.startswith("|")]
+    head = "".join(f"<th>{c}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table><p>{' '.join(notes)}</p>"

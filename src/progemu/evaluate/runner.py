@@ -1,0 +1,241 @@
+"""The ``progemu evaluate`` job: generate (or read cached generations), score every row, write the report.
+
+Python entry point for other stages (``progemu demo``)::
+
+    from progemu.evaluate.runner import EvaluateConfig, evaluate
+    metrics = evaluate(EvaluateConfig(data="ds", out="eval", model="ckpt", evaluators="evaluators"))
+
+Rows: ``progemu`` (``--model``), ``progemu2`` (the cascade, ``--cascade-image`` +
+``--cascade-text``), and references measured in the same run: ``copy-prior`` and
+``oracle`` (see :mod:`.baselines`). Image metrics use the first sample of each pair.
+Writes ``OUT/metrics.json``, ``OUT/table.md``, ``OUT/report.html``, ``OUT/figures/``
+and ``OUT/evaluate_config.json``; generations are cached in ``OUT/generations``
+(or ``--generations DIR``, see :mod:`.generations`) so a re-run generates only what
+is missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from progemu.data.labels import CHEXPERT_LABELS
+from progemu.utils.atomic import atomic_write_json
+from progemu.utils.config import save_config
+
+from .classification import finite_or_none, label_matrix, macro_scores, per_label_scores, pooled_scores
+from .clip_score import clip_i
+from .fid import fid_from_features
+
+__all__ = ["EvaluateConfig", "evaluate", "METRIC_KEYS", "ROW_ORDER"]
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("FID", "CLIP-I", "CLIP-I-followup", "AUROC", "F1", "BLEU-3", "METEOR", "ROUGE-L")
+ROW_ORDER = ("progemu", "progemu2", "copy-prior", "oracle")
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    data: str
+    out: str
+    model: str | None = None
+    split: str = "test"
+    cascade_image: str | None = None
+    cascade_text: str | None = None
+    evaluators: str | None = None  # synthetic-world evaluators directory
+    xrv_weights: str | None = None  # real evaluators
+    biomedclip: str | None = None
+    generations: str | None = None  # default OUT/generations
+    ground_truth: str | None = None  # default: found through DATA/curate_config.json
+    max_pairs: int | None = None
+    samples: int = 1
+    seed: int = 0
+    batch_size: int = 4  # generation batch
+    meteor: bool = True
+    figure_pairs: int = 4
+    generate_kwargs: dict = dataclasses.field(default_factory=dict)  # extra generate_batch arguments (cfg_scale, ...)
+
+
+@dataclasses.dataclass
+class _RowInputs:
+    images: list | None  # per pair: path or float [H, W]
+    texts: list[str] | None  # per pair interpretation
+    generations: dict | None = None  # pair_id -> Generation (model rows)
+
+
+def _load_evaluators(config: EvaluateConfig, evaluators):
+    from .evaluators import load_evaluators, load_real_evaluators
+
+    if evaluators is not None:
+        return evaluators
+    if config.evaluators:
+        return load_evaluators(config.evaluators)
+    if config.xrv_weights or config.biomedclip:
+        return load_real_evaluators(config.xrv_weights, config.biomedclip)
+    raise ValueError("no evaluators: pass --evaluators DIR (synthetic world; make them with `progemu evaluate "
+                     "train-evaluators --data DATA --out DIR`) or --xrv-weights FILE --biomedclip DIR (real data)")
+
+
+def _model_row(name: str, cache_root: Path, pairs, make_pipeline: Callable | None, config: EvaluateConfig,
+               progress: bool) -> _RowInputs:
+    from .generations import GenerationCache, generate_missing
+
+    cache = GenerationCache(cache_root, name)
+    missing = [p for p in pairs if p.pair_id not in cache.records()]
+    if missing:
+        if make_pipeline is None:
+            raise FileNotFoundError(f"{cache.index_path}: {len(missing)} of {len(pairs)} pairs have no generation "
+                                    f"(first: {missing[0].pair_id}) and no model was given to generate them")
+        generate_missing(cache, pairs, make_pipeline, samples=config.samples, seed=config.seed,
+                         batch_size=config.batch_size, progress=progress, attention_pairs=config.figure_pairs,
+                         generate_kwargs=config.generate_kwargs)
+    records = cache.records()
+    generations = {p.pair_id: cache.read(p.pair_id, records[p.pair_id]) for p in pairs}
+    return _RowInputs(images=[generations[p.pair_id].counterfactuals[0] for p in pairs],
+                      texts=[generations[p.pair_id].interpretation or "" for p in pairs], generations=generations)
+
+
+def _image_outputs(evaluators, images: Sequence, size: int, chunk: int = 64) -> dict[str, np.ndarray]:
+    """Classifier features / probabilities and CLIP image embeddings, computed ``chunk`` images at a time."""
+    from .images import load_stack
+
+    parts: dict[str, list] = {"features": [], "probs": [], "clip": []}
+    for start in range(0, len(images), chunk):
+        stack = load_stack(images[start:start + chunk], size)
+        parts["features"].append(evaluators.features(stack))
+        parts["probs"].append(evaluators.probabilities(stack))
+        if evaluators.clip_model is not None:
+            parts["clip"].append(evaluators.image_embeddings(stack))
+    return {k: np.concatenate(v) if v else None for k, v in parts.items()}
+
+
+def _score_row(outputs: dict, reference: dict, texts: list[str] | None, scorer, *, is_oracle: bool) -> dict:
+    """Every metric of one row; ``reference`` holds the follow-up outputs, targets and text."""
+    row: dict = {key: None for key in METRIC_KEYS}
+    per_label = per_label_scores(outputs["probs"], reference["targets"], CHEXPERT_LABELS)
+    macro = macro_scores(per_label)
+    row["AUROC"], row["F1"] = macro["AUROC"], macro["F1"]
+    if not is_oracle:  # the oracle's images ARE the reference set: 0 and 100 by construction
+        row["FID"] = fid_from_features(outputs["features"], reference["outputs"]["features"]) \
+            if len(outputs["features"]) >= 2 else None
+        if outputs["clip"] is not None:
+            row["CLIP-I-followup"] = clip_i(outputs["clip"], reference["outputs"]["clip"])
+    if outputs["clip"] is not None:
+        row["CLIP-I"] = clip_i(outputs["clip"], reference["prompt_embeddings"])
+    if texts is not None:
+        row.update(scorer.score(texts, reference["interpretations"]))
+    changed = pooled_scores(outputs["probs"], reference["targets"], mask=reference["changed_mask"])
+    return {"metrics": {k: finite_or_none(v) for k, v in row.items()}, "per_label": per_label,
+            "labels_scored": macro["labels"], "changed": changed}
+
+
+def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
+             make_pipeline: Callable | None = None, make_cascade: Callable | None = None) -> dict:
+    """Run the whole evaluation; returns the ``metrics.json`` dict (also written to ``config.out``).
+
+    ``evaluators``: an :class:`~progemu.evaluate.evaluators.Evaluators` (else loaded from the config).
+    ``make_pipeline`` / ``make_cascade``: override how the generation pipelines are built
+    (default: ``ProgEmuPipeline.from_pretrained(config.model)`` and
+    ``CascadePipeline(config.cascade_image, config.cascade_text)``).
+    """
+    from progemu.data.icgcxr import load_pairs
+
+    from .baselines import retrieval_interpretations
+    from .fidelity import classifier_fidelity, direct_fidelity, find_ground_truth
+    from .images import load_image
+    from .text_metrics import TextScorer
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "evaluate_config.json", kind="EvaluateConfig")
+    pairs = load_pairs(config.data, split=config.split)
+    if config.max_pairs is not None:
+        pairs = pairs[: config.max_pairs]
+    if len(pairs) < 2:
+        raise ValueError(f"{config.data}: split {config.split!r} has {len(pairs)} pairs; evaluation needs at least 2")
+    evaluators = _load_evaluators(config, evaluators)
+    cache_root = Path(config.generations) if config.generations else out / "generations"
+    size = load_image(pairs[0].followup_image).shape[0]
+
+    # ---- rows' inputs -------------------------------------------------------------------------
+    rows: dict[str, _RowInputs] = {}
+    if config.model is not None or make_pipeline is not None or (cache_root / "progemu" / "index.jsonl").exists():
+        if make_pipeline is None and config.model is not None:
+            def make_pipeline():
+                from progemu.generate.pipeline import ProgEmuPipeline
+
+                return ProgEmuPipeline.from_pretrained(config.model)
+        rows["progemu"] = _model_row("progemu", cache_root, pairs, make_pipeline, config, progress)
+    if (config.cascade_image and config.cascade_text) or make_cascade is not None \
+            or (cache_root / "progemu2" / "index.jsonl").exists():
+        if make_cascade is None and config.cascade_image and config.cascade_text:
+            def make_cascade():
+                from progemu.generate.pipeline import CascadePipeline
+
+                return CascadePipeline(config.cascade_image, config.cascade_text)
+        rows["progemu2"] = _model_row("progemu2", cache_root, pairs, make_cascade, config, progress)
+    train_pairs = load_pairs(config.data, split="train", check_files=False)
+    rows["copy-prior"] = _RowInputs(images=[p.prior_image for p in pairs],
+                                    texts=retrieval_interpretations(train_pairs, [p.prompt for p in pairs]))
+    rows["oracle"] = _RowInputs(images=[p.followup_image for p in pairs], texts=None)
+
+    # ---- reference (real follow-up) ------------------------------------------------------------
+    targets = label_matrix([p.followup_labels for p in pairs], CHEXPERT_LABELS)
+    prior_targets = label_matrix([p.prior_labels for p in pairs], CHEXPERT_LABELS)
+    reference = {
+        "outputs": _image_outputs(evaluators, [p.followup_image for p in pairs], size),
+        "targets": targets,
+        "changed_mask": ~np.isnan(targets) & ~np.isnan(prior_targets) & (targets != prior_targets),
+        "interpretations": [p.interpretation for p in pairs],
+        "prompt_embeddings": evaluators.text_embeddings([p.prompt for p in pairs]) if evaluators.clip_model is not None else None,
+    }
+    prior_outputs = _image_outputs(evaluators, [p.prior_image for p in pairs], size)
+
+    ground_truth = find_ground_truth(config.data, config.ground_truth)
+    result: dict = {"rows": {}, "changed_findings": {}, "fidelity": {}, "fidelity_detail": {}, "per_finding": {}}
+    with TextScorer(meteor=config.meteor) as scorer:
+        for name, inputs in rows.items():
+            outputs = prior_outputs if name == "copy-prior" else _image_outputs(evaluators, inputs.images, size)
+            scored = _score_row(outputs, reference, inputs.texts, scorer, is_oracle=name == "oracle")
+            result["rows"][name] = scored["metrics"]
+            result["per_finding"][name] = scored["per_label"]
+            result["changed_findings"][name] = {k: finite_or_none(v) if k != "n" else v for k, v in scored["changed"].items()}
+            detail = {"classifier": classifier_fidelity(prior_outputs["probs"], outputs["probs"], prior_targets, targets)}
+            detail["method"] = "classifier"
+            if ground_truth is not None:
+                try:
+                    images = [load_image(x) if isinstance(x, (str, Path)) else x for x in inputs.images]
+                    detail["direct"] = direct_fidelity(pairs, images, ground_truth)
+                    detail["method"] = "direct"
+                except (ImportError, AttributeError, TypeError) as error:
+                    detail["direct_error"] = f"direct measurement unavailable: {error}"
+            result["fidelity_detail"][name] = detail
+            result["fidelity"][name] = finite_or_none(detail[detail["method"]]["score"])
+    result.update({
+        "n_pairs": len(pairs), "split": config.split, "samples": config.samples, "seed": config.seed,
+        "evaluators": evaluators.description, "ground_truth": str(ground_truth) if ground_truth else None,
+        "definitions": {
+            "FID": "Frechet distance of pathology-classifier features (features2), counterfactuals vs real follow-ups",
+            "CLIP-I": "100 x cosine(CLIP image embedding of the counterfactual, CLIP text embedding of the prompt)",
+            "CLIP-I-followup": "100 x cosine(counterfactual image embedding, real follow-up image embedding)",
+            "AUROC/F1": "classifier on counterfactuals vs follow-up CheXpert labels; per label, uncertain/missing "
+                        "excluded, labels with one class skipped, macro mean; F1 at 0.5",
+            "changed_findings": "AUROC/F1 pooled over (pair, label) entries whose known label differs between "
+                                "prior and follow-up",
+            "text": "pycocoevalcap BLEU-3 (corpus), METEOR 1.5, ROUGE-L (beta 1.2) on lower-cased, "
+                    "punctuation-free tokens",
+            "fidelity": "fraction of true changes the counterfactual moves in the right direction vs the prior",
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    atomic_write_json(out / "metrics.json", result)
+    from .report import write_report
+
+    write_report(out, result, pairs, rows, size=size, figure_pairs=config.figure_pairs)
+    return result

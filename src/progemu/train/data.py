@@ -1,0 +1,169 @@
+"""Training examples for ProgEmu: curated pairs + cached image codes -> (input_ids, labels).
+
+Every random decision (prompt dropout, sentence shuffle, the epoch's order) is a pure function
+of ``(seed, epoch, pair index)`` through ``numpy.random.default_rng``; nothing depends on
+global RNG state or on which process builds an example. That is what makes ``--resume``
+reproduce the uninterrupted loss curve and makes N processes see the same global batch
+as one process.
+
+Batches are length-bucketed: the epoch's permutation is cut into chunks of
+``bucket_batches`` global batches, each chunk is sorted by length and cut into global batches,
+and the batch order is shuffled again; padding inside a batch is right padding (the model is
+causal, so pads after a sequence never influence its tokens; they carry label -100).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from progemu.model.layout import IGNORE_INDEX, TokenLayout
+
+__all__ = ["DataConfig", "ProgEmuExamples", "epoch_batches", "collate", "load_codes", "shuffle_sentences"]
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """How pairs become training sequences."""
+
+    split: str = "train"
+    mode: str = "joint"  # joint | image | text
+    loss_on: str = "target"  # target (paper) | all (released code)
+    prompt_dropout: float = 0.01  # official null_prompt_prob; probability that prior image + prompt are blanked
+    sentence_shuffle: float = 0.05  # official: probability of shuffling the interpretation's sentences
+    bucket_batches: int = 8  # global batches per length-sorted chunk (1 = no bucketing)
+
+
+def shuffle_sentences(text: str, rng: np.random.Generator) -> str:
+    """The interpretation with its sentences in a random order (split after . ! ?)."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    if len(sentences) < 2:
+        return text
+    order = rng.permutation(len(sentences))
+    return " ".join(sentences[i] for i in order)
+
+
+def load_codes(data_dir: str | Path, pairs: Sequence[Any], image_tokenizer, *, encode_missing: bool = True,
+               progress: bool = True) -> dict[str, np.ndarray]:
+    """``{image path: int32 [h, w]}`` for the prior and follow-up of every pair.
+
+    Reads ``DATA/codes/<identity>/`` (``progemu tokenize``); images not yet cached are encoded
+    into the cache first with :func:`progemu.tokenizer.cache.ensure_codes` (resumable) when
+    ``encode_missing``, otherwise a ``KeyError`` names the image and the command to run.
+    """
+    from progemu.tokenizer.cache import CodeCache, ensure_codes
+
+    data_dir = Path(data_dir)
+    paths = sorted({str(p.prior_image) for p in pairs} | {str(p.followup_image) for p in pairs})
+    try:
+        cache = CodeCache(data_dir, image_tokenizer.identity)
+        missing = [path for path in paths if not cache.has(path)]
+    except FileNotFoundError:
+        cache, missing = None, paths
+    if missing:
+        if not encode_missing:
+            raise KeyError(f"{len(missing)} images have no cached codes (e.g. {missing[0]}); run "
+                           f"`progemu tokenize --data {data_dir} --tokenizer TOKENIZER_DIR`")
+        cache = ensure_codes(data_dir, image_tokenizer, progress=progress)
+    codes = {}
+    for path in paths:
+        array = cache.get(path)
+        if tuple(array.shape) != tuple(image_tokenizer.grid):
+            raise ValueError(f"{path}: cached codes have shape {array.shape}, tokenizer grid is {image_tokenizer.grid}")
+        codes[path] = array
+    return codes
+
+
+class ProgEmuExamples:
+    """Indexable training examples; ``example(i, epoch)`` -> ``(input_ids, labels)`` lists of ints.
+
+    ``pairs``: :class:`progemu.data.icgcxr.Pair` objects; ``codes``: from :func:`load_codes`.
+    Prompts and unshuffled interpretations are tokenised once (without special tokens).
+    """
+
+    def __init__(self, pairs: Sequence[Any], codes: dict[str, np.ndarray], text_tokenizer, layout: TokenLayout,
+                 config: DataConfig, seed: int = 0, max_length: int | None = None):
+        if not pairs:
+            raise ValueError("ProgEmuExamples: no pairs to train on")
+        self.pairs = list(pairs)
+        self.codes = codes
+        self.text_tokenizer = text_tokenizer
+        self.layout = layout
+        self.config = config
+        self.seed = int(seed)
+        self.prompt_ids = [self._encode(p.prompt) for p in self.pairs]
+        self.interpretation_ids = [self._encode(p.interpretation) for p in self.pairs]
+        # lengths of the conditional sequence (the bucketing key; shuffling changes them slightly)
+        self.lengths = np.array([len(self._build(i, False, self.interpretation_ids[i])[0]) for i in range(len(self.pairs))])
+        if max_length is not None and int(self.lengths.max()) > max_length:
+            worst = int(np.argmax(self.lengths))
+            raise ValueError(f"pair {self.pairs[worst].pair_id}: sequence of {int(self.lengths[worst])} tokens exceeds the "
+                             f"model's max_position_embeddings={max_length}; use a larger preset or shorter texts")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.text_tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def _build(self, index: int, null: bool, interpretation_ids: list[int]):
+        pair = self.pairs[index]
+        return self.layout.build(self.codes[str(pair.prior_image)], self.prompt_ids[index], self.codes[str(pair.followup_image)],
+                                 interpretation_ids, mode=self.config.mode, loss_on=self.config.loss_on, null_condition=null)
+
+    def example(self, index: int, epoch: int) -> tuple[list[int], list[int]]:
+        rng = np.random.default_rng([self.seed, int(epoch), int(index), 1])
+        null = bool(rng.random() < self.config.prompt_dropout)
+        interpretation = self.interpretation_ids[index]
+        if self.config.mode != "image" and rng.random() < self.config.sentence_shuffle:
+            interpretation = self._encode(shuffle_sentences(self.pairs[index].interpretation, rng))
+        return self._build(index, null, interpretation)
+
+
+def epoch_batches(lengths: Sequence[int], global_batch: int, seed: int, epoch: int, bucket_batches: int = 8) -> list[list[int]]:
+    """The epoch's global batches (lists of example indices); the incomplete last batch is dropped.
+
+    Deterministic in ``(seed, epoch)``. Raises ``ValueError`` when there are fewer examples than
+    one global batch.
+    """
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    if n < global_batch:
+        raise ValueError(f"{n} training pairs are fewer than one global batch of {global_batch}; lower --batch-size")
+    rng = np.random.default_rng([int(seed), int(epoch), 0])
+    order = rng.permutation(n)
+    usable = (n // global_batch) * global_batch
+    order = order[:usable]
+    chunk = max(1, int(bucket_batches)) * global_batch
+    batches: list[list[int]] = []
+    for start in range(0, usable, chunk):
+        part = order[start:start + chunk]
+        if bucket_batches > 1:
+            part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + global_batch].tolist() for i in range(0, len(part), global_batch)]
+    if bucket_batches > 1:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
+    """Right-pad ``(input_ids, labels)`` pairs -> dict of ``long [B, T]`` tensors.
+
+    ``input_ids`` padded with ``pad_id``, ``labels`` with -100, ``attention_mask`` 1 on real tokens.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), int(pad_id), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels[row, : len(labs)] = torch.tensor(labs, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
