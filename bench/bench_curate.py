@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 HANNOVER = Path(os.environ.get("PROGEMU_REAL_DATA", "/work/shared/data/real")) / "hannover"
 

@@ -81,6 +81,26 @@ def _one_variant(variant: str, steps: int, threads: int, batch: int) -> dict:
             "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
+def summarise_run(out: Path, note: str) -> list[str]:
+    """Loss curve (mean over 10-step windows), throughput and held-out loss of a real training run."""
+    import statistics
+
+    from progemu.utils.atomic import read_jsonl
+
+    records = read_jsonl(out / "log.jsonl")
+    lines = ["## A real run: tiny preset on a curated synthetic world", "", note, "",
+             "| steps | loss | image-token loss | text-token loss |", "| --- | ---: | ---: | ---: |"]
+    for start in range(0, len(records), max(1, len(records) // 10)):
+        window = records[start:start + 10]
+        mean = lambda key: statistics.mean(r[key] for r in window if r.get(key) is not None)  # noqa: E731
+        lines.append(f"| {window[0]['step']}-{window[-1]['step']} | {mean('loss'):.3f} | {mean('loss_image'):.3f} | {mean('loss_text'):.3f} |")
+    tokens = sum(r["tokens"] for r in records)
+    lines += ["", f"{len(records)} steps, {tokens} tokens in {records[-1]['elapsed_s']:.0f} s: "
+              f"{tokens / records[-1]['elapsed_s']:.0f} tokens/s overall (median step "
+              f"{statistics.median(r['tokens_per_s'] for r in records):.0f} tokens/s), checkpoints included.", ""]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8)
@@ -88,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="write a Markdown report here")
+    parser.add_argument("--demo-run", default=None, help="OUT of a real `progemu train` run: summarise its log.jsonl")
+    parser.add_argument("--demo-note", default="", help="how the demo run was made (command, data)")
     args = parser.parse_args(argv)
     if args.variant:
         print(json.dumps(_one_variant(args.variant, args.steps, args.threads, args.batch)))
@@ -121,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
               "## Dry-run memory plan: Emu3-Gen 8B shape on 4 x 80 GB (`python -m progemu.train.memory_plan`)", ""]
     for strategy in ("fsdp", "ddp"):
         lines += [format_plan(memory_plan("emu3-8b", world_size=4, strategy=strategy)), ""]
+    if args.demo_run:
+        lines += summarise_run(Path(args.demo_run), args.demo_note)
     report = "\n".join(lines)
     print(report)
     if args.out:

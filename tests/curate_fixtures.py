@@ -184,3 +184,24 @@ def make_chexpert_plus(root: Path, size: int = 96) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return root
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, bits: int, photometric: str = "MONOCHROME2", **elements) -> Path:
+    """An uncompressed DICOM (pydicom) with the given stored bits, photometry and extra elements."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = SecondaryCaptureImageStorage
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "DX"
+    dataset.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits)
+    for key, value in elements.items():
+        setattr(dataset, key, value)
+    dataset.save_as(path, enforce_file_format=True)
+    return path

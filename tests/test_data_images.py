@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from curate_fixtures import write_dicom as _write_dicom
 from progemu.data.images import is_dicom, read_image
 
 REAL = Path("/work/shared/data/real")
@@ -15,26 +16,6 @@ if not REAL.exists():  # CI clones sit beside ../shared
 XRV = REAL / "xrv"
 DICOM = XRV / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 needs_real = pytest.mark.skipif(not XRV.exists(), reason="real test data (../shared/data/real) not present")
-
-
-def _write_dicom(path: Path, pixels: np.ndarray, *, bits: int, photometric: str = "MONOCHROME2", **elements) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = SecondaryCaptureImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits)
-    for key, value in elements.items():
-        setattr(dataset, key, value)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
 
 
 @needs_real

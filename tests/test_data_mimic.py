@@ -88,7 +88,7 @@ def test_load_chexpert_plus(tmp_path):
 
 def test_chexpert_plus_with_dicom_only(tmp_path):
     import numpy as np
-    from test_data_images import _write_dicom
+    from curate_fixtures import write_dicom
 
     from progemu.data.images import read_image
 
@@ -97,7 +97,7 @@ def test_chexpert_plus_with_dicom_only(tmp_path):
     pixels = (read_image(png) * 4095).round().astype(np.uint16)
     dicom = root / "DICOM" / "train" / "patient00023" / "study2" / "view1_frontal.dcm"
     dicom.parent.mkdir(parents=True)
-    _write_dicom(dicom, pixels, bits=12)
+    write_dicom(dicom, pixels, bits=12)
     png.unlink()
     study = next(s for s in load_chexpert_plus(root) if s.study_id == "0002")
     assert study.images[0].path == dicom

@@ -58,6 +58,17 @@ def test_fid_agrees_with_torchmetrics_implementation():
     assert fid_from_features(x, y) == pytest.approx(reference, rel=1e-6)
 
 
+def test_trace_of_sqrtm_route_gives_the_same_fid():
+    from scipy import linalg
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((20, 30)), rng.standard_normal((25, 30)) + 0.2  # N < D: singular covariances
+    (mu1, s1), (mu2, s2) = gaussian_statistics(x), gaussian_statistics(y)
+    root = linalg.sqrtm(s1 @ s2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root)
+    assert fid_from_features(x, y) == pytest.approx(expected, rel=1e-6)
+
+
 def test_fid_rejects_too_few_samples():
     with pytest.raises(ValueError, match="N >= 2"):
         fid_from_features(np.zeros((1, 3)), np.zeros((5, 3)))

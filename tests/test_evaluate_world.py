@@ -46,6 +46,8 @@ def test_direct_fidelity_separates_oracle_from_copy_prior(world):
     assert oracle["direct"]["n"] > 0
     assert copy["direct"]["score"] == 0.0  # nothing moves
     assert oracle["direct"]["score"] >= 0.75  # the real follow-up shows the true changes
+    assert copy["direct"]["unchanged_stable"] == 1.0 and oracle["direct"]["n_unchanged"] > 0
+    assert 0.5 <= oracle["direct"]["unchanged_stable"] <= 1.0
 
 
 def test_evaluate_with_real_pipelines_and_cache(world, tmp_path):
@@ -67,6 +69,7 @@ def test_evaluate_with_real_pipelines_and_cache(world, tmp_path):
     records = [json.loads(line) for line in index.read_text().splitlines()]
     assert len(records) == 3 and records[0]["attention"] == "attention.npy"  # figure pairs carry attention maps
     assert (tmp_path / "out" / "figures" / "fig4_progemu_0.png").exists()
+    assert (tmp_path / "out" / "figures" / "fig3_comparison.png").exists()
     # a re-run reads every generation from the cache (a bad model path is never opened)
     argv[argv.index(str(joint))] = str(tmp_path / "no-such-model")
     assert main(argv) == 0

@@ -210,3 +210,18 @@ def test_too_long_for_the_model_is_refused(sampler, layout):
     long_prompt = [1] * 4096
     with pytest.raises(ValueError, match="positions"):
         sampler.generate([layout.prefix(prior_codes(layout, 0), long_prompt)], settings=GREEDY)
+
+
+def test_text_temperature_zero_gives_greedy_text_whatever_the_image_temperature(sampler, layout):
+    """text_temperature applies to interpretation tokens only: in text mode (only text is free) a hot
+    image temperature with text_temperature=0 must equal fully greedy decoding, for any seed."""
+    prefixes = [_text_prefix(layout, 3), _text_prefix(layout, 4)]
+    greedy = sampler.generate(prefixes, mode="text", settings=GREEDY, seeds=[0, 1]).sequences
+    hot = dataclasses.replace(GREEDY, temperature=5.0, text_temperature=0.0)
+    for seed in (7, 8):
+        assert sampler.generate(prefixes, mode="text", settings=hot, seeds=[seed, seed + 1]).sequences == greedy
+    # and it really is the text setting that matters: hot text without the override differs from greedy
+    assert sampler.generate(prefixes, mode="text", settings=dataclasses.replace(GREEDY, temperature=5.0),
+                            seeds=[7, 8]).sequences != greedy
+    with pytest.raises(ValueError, match="text_temperature"):
+        SamplingSettings(text_temperature=-1.0).validate()

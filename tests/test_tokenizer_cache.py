@@ -166,3 +166,17 @@ def test_evaluate_tokenizer_and_cli(tmp_path, tokenizer, capsys):
     assert main(["eval", "--tokenizer", str(tmp_path / "tok"), "--data", str(tmp_path / "data"), "--split", "all",
                  "--out", str(out)]) == 0
     assert json.loads(out.read_text())["psnr"] == pytest.approx(result["psnr"], abs=1e-6)
+
+
+def test_load_image_centre_crops_and_resizes(tmp_path):
+    from progemu.utils.atomic import atomic_save_png
+
+    image = np.zeros((40, 60), np.float32)
+    image[:, 10:50] = 1.0  # the centre square (columns 10..49) is white, the side bands black
+    atomic_save_png(tmp_path / "wide.png", image)
+    out = load_image(tmp_path / "wide.png", 32)
+    assert out.shape == (32, 32) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 1.0)  # the black bands were cropped away
+    assert dataset_images(tmp_path) == [tmp_path / "wide.png"]
+    with pytest.raises(FileNotFoundError, match="no images"):
+        dataset_images(tmp_path / "nothing") if (tmp_path / "nothing").mkdir() is None else None

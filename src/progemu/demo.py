@@ -100,7 +100,9 @@ def run_demo(out: str | Path, config: DemoConfig, save_assets: Path | None = Non
         argv = ["tokenizer", "train", "--data", str(data), "--out", str(tok), "--preset", "demo", "--seed", str(config.seed)]
         if config.tokenizer_steps:
             argv += ["--max-steps", str(config.tokenizer_steps)]
-        _stage("tokenizer", tok / "progemu_tokenizer.json", _command_main("tokenizer"), argv, log)
+        if (tok / "checkpoint.pt").exists():
+            argv.append("--resume")  # a killed demo continues the tokenizer where it stopped
+        _stage("tokenizer", tok / "train_summary.json", _command_main("tokenizer"), argv, log)
         _stage("tokenize", weights / ".tokenized", _command_main("tokenize"),
                ["tokenize", "--data", str(data), "--tokenizer", str(tok)], log)
         (weights / ".tokenized").touch()
@@ -111,7 +113,7 @@ def run_demo(out: str | Path, config: DemoConfig, save_assets: Path | None = Non
             _stage(f"train {name}", weights / name / "progemu.json", _command_main("train"),
                    ["train", "--data", str(data), "--tokenizer", str(tok), "--out", str(weights / name), "--preset", "tiny",
                     "--mode", mode, "--max-steps", str(steps), "--batch-size", str(config.train_batch_size),
-                    "--seed", str(config.seed), "--resume"], log)
+                    "--seed", str(config.seed)] + (["--resume"] if (weights / name / "checkpoints").is_dir() else []), log)
         _stage("train-evaluators", weights / "evaluators" / "evaluators.json", _command_main("evaluate"),
                ["evaluate", "train-evaluators", "--data", str(data), "--out", str(weights / "evaluators"),
                 "--image-size", size, "--seed", str(config.seed)], log)

@@ -42,6 +42,9 @@ __all__ = [
     "load_pairs",
     "write_manifest",
     "MANIFEST_NAME",
+    "labels_to_json",
+    "labels_from_json",
+    "stable_fraction",
 ]
 
 MANIFEST_NAME = "manifest.jsonl"

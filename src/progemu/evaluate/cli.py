@@ -38,6 +38,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         help="extra generate_batch keyword (JSON value), e.g. max_text_tokens=64; repeatable")
     parser.add_argument("--figure-pairs", type=int, default=4)
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (no Java)")
+    parser.add_argument("--device", help="device of the evaluators (default: cuda when available, else cpu)")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                                 generations=args.generations, ground_truth=args.ground_truth,
                                 max_pairs=args.max_pairs, samples=args.samples, seed=args.seed,
                                 batch_size=args.batch_size, meteor=not args.no_meteor, figure_pairs=args.figure_pairs,
-                                generate_kwargs=_generate_kwargs(args))
+                                generate_kwargs=_generate_kwargs(args), device=args.device)
         metrics = evaluate(config, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as error:
         print(f"progemu evaluate: {error}", file=sys.stderr)

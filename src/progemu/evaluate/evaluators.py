@@ -161,6 +161,15 @@ class Evaluators:
     kind: str  # "real" | "synthetic"
     description: dict = dataclasses.field(default_factory=dict)
     batch_size: int = 16
+    device: str = "cpu"
+
+    def to(self, device: str) -> "Evaluators":
+        """Move both models to ``device`` ("cpu", "cuda", ...); returns self."""
+        self.device = str(device)
+        self.classifier.to(self.device)
+        if self.clip_model is not None:
+            self.clip_model.to(self.device)
+        return self
 
     # -- classifier -----------------------------------------------------------------------------
     def _classifier_input(self, images):
@@ -180,7 +189,7 @@ class Evaluators:
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"images must be float [B, 1, H, W] or [B, H, W] in [0, 1], got {images.shape}")
         for start in range(0, len(images), self.batch_size):
-            yield torch.from_numpy(images[start:start + self.batch_size])
+            yield torch.from_numpy(images[start:start + self.batch_size]).to(self.device)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """Classifier features (``features2``) ``float64 [B, D]`` for FID (D = 1024 for the real DenseNet)."""
@@ -188,7 +197,7 @@ class Evaluators:
 
         self.classifier.eval()
         with torch.no_grad():
-            chunks = [self.classifier.features2(self._classifier_input(b)).double().numpy() for b in self._batches(images)]
+            chunks = [self.classifier.features2(self._classifier_input(b)).double().cpu().numpy() for b in self._batches(images)]
         return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -202,7 +211,7 @@ class Evaluators:
         self.classifier.eval()
         out = np.full((len(images), len(CHEXPERT_LABELS)), np.nan)
         with torch.no_grad():
-            rows = [self.classifier(self._classifier_input(b)).double().numpy() for b in self._batches(images)]
+            rows = [self.classifier(self._classifier_input(b)).double().cpu().numpy() for b in self._batches(images)]
         if not rows:
             return out
         raw = np.concatenate(rows)
@@ -228,15 +237,15 @@ class Evaluators:
         if self.clip_model is None:
             raise RuntimeError("these evaluators have no CLIP model")
         size, mean, std = self._clip_preprocess()
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         chunks = []
         with torch.no_grad():
             for batch in self._batches(images):
                 # same as open_clip's PIL transform for square images: bicubic resize, RGB, normalise
                 x = F.interpolate(batch, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
                 x = (x.repeat(1, 3, 1, 1) - mean_t) / std_t
-                chunks.append(self.clip_model.encode_image(x).double().numpy())
+                chunks.append(self.clip_model.encode_image(x).double().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
     def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
@@ -248,8 +257,8 @@ class Evaluators:
         chunks = []
         with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
-                tokens = self.clip_tokenizer([str(t) for t in texts[start:start + self.batch_size]])
-                chunks.append(self.clip_model.encode_text(tokens).double().numpy())
+                tokens = self.clip_tokenizer([str(t) for t in texts[start:start + self.batch_size]]).to(self.device)
+                chunks.append(self.clip_model.encode_text(tokens).double().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
 

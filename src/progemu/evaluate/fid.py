@@ -9,14 +9,13 @@ feature matrices.
 
     d^2 = |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})
 
-The matrix square root is ``scipy.linalg.sqrtm``; with fewer samples than feature
-dimensions the covariances are singular, so (as pytorch-fid and clean-fid do) a
-small multiple of the identity is added when the product is not finite, and the
-imaginary part left by numerical error is dropped.
+The trace of the matrix square root is the sum of the square roots of the eigenvalues
+of ``S_1 S_2`` (``scipy.linalg.eigvals``; torchmetrics computes it the same way); a test
+checks it against ``scipy.linalg.sqrtm``. With fewer samples than feature dimensions
+the covariances are singular: round-off negatives are clipped to 0 and, if the product
+is not finite, a small multiple of the identity is added (as pytorch-fid does).
 """
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 
@@ -40,17 +39,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
     diff = mu1 - mu2
-    with warnings.catch_warnings():  # singular products are expected with N < D; handled below
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
+    # tr((S1 S2)^1/2) = sum of the square roots of the eigenvalues of S1 S2 (real and >= 0 for
+    # PSD S1, S2; round-off leaves tiny negative / imaginary parts, dropped). Same value as
+    # tr(scipy.linalg.sqrtm(S1 S2)), ~4x faster at 1024-d (bench/results/evaluate.md).
+    eigenvalues = linalg.eigvals(sigma1 @ sigma2)
+    if not np.isfinite(eigenvalues).all():
         offset = np.eye(sigma1.shape[0]) * eps
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", linalg.LinAlgWarning)
-            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        covmean = covmean.real
-    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+        eigenvalues = linalg.eigvals((sigma1 + offset) @ (sigma2 + offset))
+    trace_covmean = float(np.sqrt(np.clip(eigenvalues.real, 0, None)).sum())
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
     # tiny negative values are round-off of identical distributions
     return max(value, 0.0)
 

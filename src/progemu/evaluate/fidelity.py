@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["classifier_fidelity", "find_ground_truth", "direct_fidelity"]
+__all__ = ["classifier_fidelity", "find_ground_truth", "direct_fidelity", "changed_regions"]
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +105,19 @@ def _study(studies: dict, subject: str, study_id: str, order: int):
 
 
 def direct_fidelity(pairs: Sequence, counterfactuals: Sequence[np.ndarray], ground_truth: str | Path,
-                    tolerance: float = 0.01) -> dict:
+                    tolerance: float = 0.01, unchanged_tolerance: float = 0.02) -> dict:
     """Fidelity measured on the rendered findings of the synthetic world (see the module docstring).
 
     ``counterfactuals[i]``: ``float32 [H, W]`` in [0, 1], in the frame of ``pairs[i]``'s follow-up
     (registered priors are). The measurement is ``progemu.synth.truth.measure_finding`` (a
     brightness difference, image units) with the follow-up study's pose and the prior study
     as reference for locating findings absent at follow-up; ``tolerance`` is in the same
-    units (0.01 = 2.5 grey levels). Returns ``{"score", "n", "pairs_matched", "per_finding":
-    {key: {"score", "n"}}}``; raises ``ImportError`` when ``progemu.synth.truth`` is absent.
+    units (0.01 = 2.5 grey levels). Because direction alone rewards an image that brightens
+    everything, ``unchanged_stable`` reports the other side: the fraction of findings whose
+    true state did NOT change that moved by less than ``unchanged_tolerance`` (the oracle's
+    value shows the natural variation between two real studies). Returns ``{"score", "n",
+    "unchanged_stable", "n_unchanged", "pairs_matched", "per_finding": {key: {"score", "n"}}}``;
+    raises ``ImportError`` when ``progemu.synth.truth`` is absent.
     """
     from progemu.synth import truth as synth_truth
 
@@ -121,6 +125,7 @@ def direct_fidelity(pairs: Sequence, counterfactuals: Sequence[np.ndarray], grou
 
     studies = synth_truth.load_ground_truth(Path(ground_truth).parent)
     per_key: dict[str, list[bool]] = {}
+    stable: list[bool] = []
     matched = 0
     for pair, counterfactual in zip(pairs, counterfactuals):
         prior_truth = _study(studies, pair.subject_id, pair.prior_study_id, pair.prior_order)
@@ -132,8 +137,6 @@ def direct_fidelity(pairs: Sequence, counterfactuals: Sequence[np.ndarray], grou
         counterfactual = resize(np.asarray(counterfactual, np.float32), prior_image.shape[0])
         for key, finding in followup_truth.state.findings.items():
             before, after = prior_truth.state[key].severity, finding.severity
-            if before == after:
-                continue
             try:
                 m_prior = synth_truth.measure_finding(prior_image, followup_truth, key, reference=prior_truth)
                 m_counterfactual = synth_truth.measure_finding(counterfactual, followup_truth, key, reference=prior_truth)
@@ -141,10 +144,34 @@ def direct_fidelity(pairs: Sequence, counterfactuals: Sequence[np.ndarray], grou
                 log.debug("pair %s, %s: %s", pair.pair_id, key, error)
                 continue
             moved = m_counterfactual - m_prior
+            if before == after:
+                stable.append(abs(moved) < unchanged_tolerance)
+                continue
             per_key.setdefault(key, []).append(bool(abs(moved) >= tolerance and np.sign(moved) == np.sign(after - before)))
     if pairs and not matched:
         log.warning("%s: none of the %d pairs' studies are in the ground truth; direct fidelity not measured",
                     ground_truth, len(pairs))
     flat = [ok for values in per_key.values() for ok in values]
-    return {"score": float(np.mean(flat)) if flat else None, "n": len(flat), "pairs_matched": matched,
+    return {"score": float(np.mean(flat)) if flat else None, "n": len(flat),
+            "unchanged_stable": float(np.mean(stable)) if stable else None, "n_unchanged": len(stable),
+            "pairs_matched": matched,
             "per_finding": {k: {"score": float(np.mean(v)), "n": len(v)} for k, v in sorted(per_key.items())}}
+
+
+def changed_regions(pairs: Sequence, ground_truth: str | Path) -> list[tuple[float, float, float, float] | None]:
+    """Per pair, the normalised box ``(x0, y0, x1, y1)`` of the first finding whose true state changed
+    (``progemu.synth.truth.finding_regions``, follow-up frame), or ``None``; for the figures' zoom."""
+    from progemu.synth import truth as synth_truth
+
+    studies = synth_truth.load_ground_truth(Path(ground_truth).parent)
+    boxes = []
+    for pair in pairs:
+        prior = _study(studies, pair.subject_id, pair.prior_study_id, pair.prior_order)
+        followup = _study(studies, pair.subject_id, pair.followup_study_id, pair.followup_order)
+        box = None
+        if prior is not None and followup is not None:
+            changed = [k for k, f in followup.state.findings.items() if f.severity != prior.state[k].severity]
+            if changed:
+                box = synth_truth.finding_regions(followup, prior)[changed[0]]
+        boxes.append(box)
+    return boxes

@@ -30,11 +30,25 @@ def change_box(prior: np.ndarray, followup: np.ndarray, fraction: float = 0.35) 
 
     size = prior.shape[0]
     side = max(4, int(round(size * fraction)))
-    difference = uniform_filter(np.abs(np.asarray(followup, float) - np.asarray(prior, float)), size=side)
+    prior, followup = np.asarray(prior, float), np.asarray(followup, float)
+    difference = np.abs(followup - prior)
+    # registration leaves black fill at the borders: it is not a change of the patient
+    difference[(prior < 0.02) | (followup < 0.02)] = 0.0
+    difference = uniform_filter(difference, size=side)
     cy, cx = np.unravel_index(int(np.argmax(difference)), difference.shape)
     x0 = int(np.clip(cx - side // 2, 0, size - side))
     y0 = int(np.clip(cy - side // 2, 0, size - side))
     return x0, y0, x0 + side, y0 + side
+
+
+def _square_box(box, size: int, minimum: float = 0.2) -> tuple[int, int, int, int]:
+    """Pixel square (side >= ``minimum`` of the image) around a normalised box, kept inside the image."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = min(1.0, max(x1 - x0, y1 - y0, minimum))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left = min(max(cx - side / 2, 0.0), 1.0 - side)
+    top = min(max(cy - side / 2, 0.0), 1.0 - side)
+    return tuple(int(round(v * size)) for v in (left, top, left + side, top + side))
 
 
 def _to_rgb(image: np.ndarray, size: int):
@@ -57,7 +71,12 @@ def _caption(draw, x: int, y: int, text: str) -> None:
 
 
 def comparison_figure(cases: Sequence[dict], path: str | Path) -> Path:
-    """Fig. 3 style PNG. ``cases[i]``: ``{"title", "prior", "followup", "rows": {name: image}}``, images float [H, W] in [0, 1]."""
+    """Fig. 3 style PNG. ``cases[i]``: ``{"title", "prior", "followup", "rows": {name: image}, "box"}``.
+
+    Images are float [H, W] in [0, 1]; ``box`` (optional) is the region to zoom on, normalised
+    ``(x0, y0, x1, y1)`` (e.g. the synthetic world's region of the finding that changed);
+    without it the zoom goes where prior and follow-up differ most.
+    """
     from PIL import Image, ImageDraw
 
     if not cases:
@@ -71,9 +90,11 @@ def comparison_figure(cases: Sequence[dict], path: str | Path) -> Path:
         _caption(draw, 0, y, case.get("title", ""))
         y += _LABEL
         panels = [("prior", case["prior"]), ("follow-up (real)", case["followup"]), *case["rows"].items()]
-        scale = _PANEL / case["prior"].shape[0]
-        box = change_box(case["prior"], case["followup"])
-        zoom_box = tuple(int(round(v * scale)) for v in box)
+        if case.get("box") is not None:  # a finding region, normalised [0, 1] (x0, y0, x1, y1)
+            zoom_box = _square_box(case["box"], _PANEL)
+        else:
+            scale = _PANEL / case["prior"].shape[0]
+            zoom_box = tuple(int(round(v * scale)) for v in change_box(case["prior"], case["followup"]))
         for column, (name, image) in enumerate(panels):
             x = column * _PANEL
             _caption(draw, x, y, name)

@@ -4,10 +4,11 @@ Format (``GEN`` = ``--generations DIR``, default ``OUT/generations``)::
 
     GEN/<row>/index.jsonl                       # one line per finished pair (fsync'ed, append-only)
     GEN/<row>/<pair folder>/counterfactual_<k>.png   # k = 0 .. samples-1, 8-bit greyscale
-    GEN/<row>/<pair folder>/attention.npy       # float32 [P, h, w], P = len(phrases) (optional)
+    GEN/<row>/<pair folder>/attention.npy       # float32 [P, h, w], one map per attention phrase (optional)
 
 An ``index.jsonl`` line: ``{"pair_id", "folder", "samples", "interpretation", "phrases",
-"attention": "attention.npy" | null, "seconds"}``. ``<pair folder>`` is the pair id
+"attention": "attention.npy" | null, "attention_phrases": [phrases of the maps, in stack
+order], "seconds"}``. ``<pair folder>`` is the pair id
 with ``/`` replaced by ``__``. PNGs are written before the index line, so a line
 on disk means a complete generation; a re-run generates only the pairs without a
 line. Anything (another model, a baseline) can be evaluated by writing this format.
@@ -15,6 +16,7 @@ line. Anything (another model, a baseline) can be evaluated by writing this form
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from progemu.utils.atomic import append_jsonl, atomic_save_png, read_jsonl
+from progemu.utils.atomic import append_jsonl, atomic_save_png, atomic_write_bytes, read_jsonl
 
 __all__ = ["Generation", "GenerationCache", "pair_folder", "generate_missing"]
 
@@ -60,24 +62,20 @@ class GenerationCache:
         folder = self.directory / pair_folder(generation.pair_id)
         for k, image in enumerate(generation.counterfactuals):
             atomic_save_png(folder / f"counterfactual_{k}.png", np.clip(np.asarray(image, np.float32), 0, 1))
+        # attention maps in the order of the phrases that have one (a phrase may have none)
+        attention_phrases = [p for p in generation.phrases if p in generation.attention] or \
+            [p for p in generation.attention if p not in generation.phrases]
         attention_name = None
-        if generation.attention:
-            from progemu.utils.atomic import atomic_write_bytes
-            import io
-
-            stack = np.stack([np.asarray(generation.attention[p], np.float32) for p in generation.phrases
-                              if p in generation.attention]) if generation.phrases else None
-            if stack is not None and len(stack):
-                buffer = io.BytesIO()
-                np.save(buffer, stack)
-                atomic_write_bytes(folder / "attention.npy", buffer.getvalue())
-                attention_name = "attention.npy"
-        phrases = [p for p in generation.phrases if not generation.attention or p in generation.attention] \
-            if attention_name else list(generation.phrases)
+        if attention_phrases:
+            buffer = io.BytesIO()
+            np.save(buffer, np.stack([np.asarray(generation.attention[p], np.float32) for p in attention_phrases]))
+            atomic_write_bytes(folder / "attention.npy", buffer.getvalue())
+            attention_name = "attention.npy"
         append_jsonl(self.index_path, {
             "pair_id": generation.pair_id, "folder": pair_folder(generation.pair_id),
             "samples": len(generation.counterfactuals), "interpretation": generation.interpretation,
-            "phrases": phrases, "attention": attention_name, "seconds": generation.seconds})
+            "phrases": list(generation.phrases), "attention": attention_name,
+            "attention_phrases": attention_phrases if attention_name else [], "seconds": generation.seconds})
 
     def read(self, pair_id: str, record: dict | None = None) -> Generation:
         from .images import load_image
@@ -95,7 +93,8 @@ class GenerationCache:
         attention = {}
         if record.get("attention"):
             stack = np.load(folder / record["attention"])
-            attention = {phrase: stack[i] for i, phrase in enumerate(record.get("phrases", [])) if i < len(stack)}
+            names = record.get("attention_phrases") or record.get("phrases", [])
+            attention = {phrase: stack[i] for i, phrase in enumerate(names) if i < len(stack)}
         return Generation(pair_id=pair_id, counterfactuals=images, interpretation=record.get("interpretation"),
                           phrases=list(record.get("phrases", [])), attention=attention, seconds=record.get("seconds"))
 

@@ -36,18 +36,23 @@ def markdown_table(metrics: dict) -> str:
     """Table 1 of the paper, one line per row, plus changed-findings and fidelity columns."""
     from .runner import METRIC_KEYS
 
-    header = ["method", *[f"{k}{_ARROWS[k]}" for k in METRIC_KEYS], "AUROC (changed)↑", "F1 (changed)↑", "fidelity↑"]
+    header = ["method", *[f"{k}{_ARROWS[k]}" for k in METRIC_KEYS], "AUROC (changed)↑", "F1 (changed)↑", "fidelity↑",
+              "unchanged stable"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in metrics["rows"].items():
         changed = metrics.get("changed_findings", {}).get(name, {})
         cells = [_ROW_NAMES.get(name, name), *[_format(k, row.get(k)) for k in METRIC_KEYS],
                  _format("AUROC", changed.get("AUROC")), _format("F1", changed.get("F1")),
-                 _format("fidelity", metrics.get("fidelity", {}).get(name))]
+                 _format("fidelity", metrics.get("fidelity", {}).get(name)),
+                 _format("stable", (metrics.get("fidelity_detail", {}).get(name, {}).get("direct") or {}).get("unchanged_stable"))]
         lines.append("| " + " | ".join(cells) + " |")
     evaluators = metrics.get("evaluators", {})
+    methods = {d.get("method") for d in metrics.get("fidelity_detail", {}).values()}
     lines += ["", f"{metrics['n_pairs']} pairs of split `{metrics.get('split')}`; evaluators: "
               f"{evaluators.get('classifier', '?')} / {evaluators.get('clip', '?')}. '–' = does not apply. "
-              "Definitions in metrics.json (`definitions`)."]
+              f"Fidelity measured by: {', '.join(sorted(m for m in methods if m)) or '–'}; 'unchanged stable' = share of "
+              "findings whose true state did not change that the counterfactual left unchanged (direct measurement "
+              "only). Definitions in metrics.json (`definitions`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -79,8 +84,12 @@ def _coloured_interpretation(text: str, phrases: Sequence[str]) -> str:
     return out
 
 
-def write_report(out: str | Path, metrics: dict, pairs: Sequence, rows: dict, *, size: int, figure_pairs: int = 4) -> Path:
-    """Write ``table.md``, ``figures/*.png`` and ``report.html`` under ``out``; returns the HTML path."""
+def write_report(out: str | Path, metrics: dict, pairs: Sequence, rows: dict, *, size: int, figure_pairs: int = 4,
+                 boxes: Sequence | None = None) -> Path:
+    """Write ``table.md``, ``figures/*.png`` and ``report.html`` under ``out``; returns the HTML path.
+
+    ``boxes[i]``: optional normalised zoom region of pair ``i`` for the Fig. 3 style figure.
+    """
     from .figures import attention_figure, comparison_figure
     from .images import load_image, resize
 
@@ -95,7 +104,8 @@ def write_report(out: str | Path, metrics: dict, pairs: Sequence, rows: dict, *,
         pair = pairs[i]
         cases.append({"title": f"{pair.pair_id}", "prior": resize(load_image(pair.prior_image), size),
                       "followup": resize(load_image(pair.followup_image), size),
-                      "rows": {name: resize(np.asarray(rows[name].images[i], np.float32), size) for name in model_rows}})
+                      "rows": {name: resize(np.asarray(rows[name].images[i], np.float32), size) for name in model_rows},
+                      "box": boxes[i] if boxes is not None and i < len(boxes) else None})
     sections = []
     if cases:
         comparison_figure(cases, figures / "fig3_comparison.png")

@@ -58,6 +58,7 @@ class EvaluateConfig:
     batch_size: int = 4  # generation batch
     meteor: bool = True
     figure_pairs: int = 4
+    device: str | None = None  # evaluators' device; None = "cuda" when available, else "cpu"
     generate_kwargs: dict = dataclasses.field(default_factory=dict)  # extra generate_batch arguments (cfg_scale, ...)
 
 
@@ -146,7 +147,7 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
     from progemu.data.icgcxr import load_pairs
 
     from .baselines import retrieval_interpretations
-    from .fidelity import classifier_fidelity, direct_fidelity, find_ground_truth
+    from .fidelity import changed_regions, classifier_fidelity, direct_fidelity, find_ground_truth
     from .images import load_image
     from .text_metrics import TextScorer
 
@@ -160,6 +161,10 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
     if len(pairs) < 2:
         raise ValueError(f"{config.data}: split {config.split!r} has {len(pairs)} pairs; evaluation needs at least 2")
     evaluators = _load_evaluators(config, evaluators)
+    if config.device is not None or evaluators.device == "cpu":
+        import torch
+
+        evaluators.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cache_root = Path(config.generations) if config.generations else out / "generations"
     size = load_image(pairs[0].followup_image).shape[0]
 
@@ -180,9 +185,13 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
 
                 return CascadePipeline(config.cascade_image, config.cascade_text)
         rows["progemu2"] = _model_row("progemu2", cache_root, pairs, make_cascade, config, progress)
-    train_pairs = load_pairs(config.data, split="train", check_files=False)
-    rows["copy-prior"] = _RowInputs(images=[p.prior_image for p in pairs],
-                                    texts=retrieval_interpretations(train_pairs, [p.prompt for p in pairs]))
+    try:
+        retrieved = retrieval_interpretations(load_pairs(config.data, split="train", check_files=False),
+                                              [p.prompt for p in pairs])
+    except ValueError as error:  # no usable training pairs: the retrieval half of the baseline cannot exist
+        log.warning("copy-prior has no retrieved interpretations (text metrics null): %s", error)
+        retrieved = None
+    rows["copy-prior"] = _RowInputs(images=[p.prior_image for p in pairs], texts=retrieved)
     rows["oracle"] = _RowInputs(images=[p.followup_image for p in pairs], texts=None)
 
     # ---- reference (real follow-up) ------------------------------------------------------------
@@ -201,7 +210,9 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
     result: dict = {"rows": {}, "changed_findings": {}, "fidelity": {}, "fidelity_detail": {}, "per_finding": {}}
     with TextScorer(meteor=config.meteor) as scorer:
         for name, inputs in rows.items():
-            outputs = prior_outputs if name == "copy-prior" else _image_outputs(evaluators, inputs.images, size)
+            # the reference rows' images were scored above: reuse them (real evaluators are slow on CPU)
+            outputs = {"copy-prior": prior_outputs, "oracle": reference["outputs"]}.get(name) \
+                or _image_outputs(evaluators, inputs.images, size)
             scored = _score_row(outputs, reference, inputs.texts, scorer, is_oracle=name == "oracle")
             result["rows"][name] = scored["metrics"]
             result["per_finding"][name] = scored["per_label"]
@@ -237,5 +248,11 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
     atomic_write_json(out / "metrics.json", result)
     from .report import write_report
 
-    write_report(out, result, pairs, rows, size=size, figure_pairs=config.figure_pairs)
+    boxes = None
+    if ground_truth is not None:
+        try:
+            boxes = changed_regions(pairs[: config.figure_pairs], ground_truth)
+        except (ImportError, AttributeError, TypeError, ValueError) as error:
+            log.warning("figures zoom on the largest difference instead of the changed finding: %s", error)
+    write_report(out, result, pairs, rows, size=size, figure_pairs=config.figure_pairs, boxes=boxes)
     return result

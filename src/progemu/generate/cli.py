@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale on image tokens (1 = off; Emu3 uses 3)")
     parser.add_argument("--cfg-text", type=float, default=1.0, help="guidance scale on interpretation tokens (1 = off)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
+    parser.add_argument("--text-temperature", type=float, default=None,
+                        help="temperature for the interpretation only (default: --temperature; 0 = greedy text)")
     parser.add_argument("--top-k", type=int, default=2048, help="top-k (0 = off; official 2048)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus top-p (1 = off)")
     parser.add_argument("--max-text-tokens", type=int, default=196, help="cap on interpretation tokens (official ~196)")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             result = pipe(args.prior, args.prompt, samples=args.samples, seed=args.seed, attention=not args.no_attention,
                           attention_settings=attention, progress=bar, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, cfg_scale=args.cfg, cfg_text_scale=args.cfg_text,
-                          max_text_tokens=args.max_text_tokens)
+                          max_text_tokens=args.max_text_tokens, text_temperature=args.text_temperature)
         out = result.save(args.out)
     except (FileNotFoundError, ValueError) as error:
         print(f"progemu generate: error: {error}", file=sys.stderr)

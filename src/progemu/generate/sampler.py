@@ -60,6 +60,9 @@ class SamplingSettings:
     ``cfg_text_scale``: the same on interpretation tokens (1.0 = off, default: the released model
     was not guided on text).
     ``max_text_tokens``: cap on interpretation tokens including the final EOS (official: ~196).
+    ``text_temperature``: temperature for interpretation tokens only (``None`` = ``temperature``;
+    0 = greedy text). A small model's interpretation is most faithful when decoded greedily,
+    while its image still benefits from sampling, so evaluation may set the two apart.
     """
 
     temperature: float = 1.0
@@ -68,10 +71,19 @@ class SamplingSettings:
     cfg_scale: float = 1.0
     cfg_text_scale: float = 1.0
     max_text_tokens: int = 196
+    text_temperature: float | None = None
+
+    def for_text(self) -> "SamplingSettings":
+        """The settings that apply to interpretation tokens."""
+        if self.text_temperature is None:
+            return self
+        return dataclasses.replace(self, temperature=self.text_temperature)
 
     def validate(self) -> "SamplingSettings":
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if self.text_temperature is not None and not (self.text_temperature >= 0 and math.isfinite(self.text_temperature)):
+            raise ValueError(f"text_temperature must be None or a finite number >= 0, got {self.text_temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -394,7 +406,7 @@ class ConstrainedSampler:
             rows = batch.rows.tolist()
             logits = self._guided_logits(batch, settings.cfg_text_scale, trace, len(sequences[rows[0]]))
             logits = logits.masked_fill(self._text_blocked[None, :], float("-inf"))
-            ids = self._sample(logits, batch.rows, generators, settings)
+            ids = self._sample(logits, batch.rows, generators, settings.for_text())
             timings["sampled_tokens"] += batch.size
             ids_list = ids.tolist()
             for row, token in zip(rows, ids_list):

@@ -87,7 +87,7 @@ class TrainConfig:
 
 #: per-preset training defaults: the demo fits ~15 min on 2 idle CPU cores; gpu512 is sized for one GPU
 TRAIN_DEFAULTS: dict[str, dict] = {
-    "demo": {"max_steps": 800, "batch_size": 16, "crop_size": 64},
+    "demo": {"max_steps": 1000, "batch_size": 16, "crop_size": 64},
     "small256": {"max_steps": 3000, "batch_size": 16, "crop_size": 128},
     "gpu512": {"max_steps": 40000, "batch_size": 32, "crop_size": 256, "lr": 1e-3, "eval_every": 1000,
                "checkpoint_every": 1000, "restart_every": 100},
