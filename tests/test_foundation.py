@@ -119,3 +119,12 @@ def test_official_layout_written_and_loaded_with_and_without_manifest(tmp_path):
 def test_load_pairs_names_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="progemu curate"):
         load_pairs(tmp_path / "nope")
+
+
+def test_loaded_pair_paths_are_absolute_even_for_a_relative_root(tmp_path, monkeypatch):
+    image = np.full((8, 8), 0.25, np.float32)
+    write_pair(tmp_path / "ds", _pair_json("10000032", "1", "2", "train"), image, image, source="mimic_cxr")
+    monkeypatch.chdir(tmp_path)
+    (pair,) = load_pairs("ds")
+    assert pair.prior_image.is_absolute() and pair.prior_image.exists()
+    assert pair.prior_image.relative_to(tmp_path / "ds").as_posix().startswith("mimic_cxr/pa/1/p10/")

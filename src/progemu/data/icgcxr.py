@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import zlib
 from pathlib import Path
@@ -207,7 +208,8 @@ def load_pairs(root: str | Path, split: str | None = None, *, check_files: bool 
     naming the directory when it holds no pairs, and ``ValueError`` naming the pair
     whose image is missing (when ``check_files``).
     """
-    root = Path(root)
+    # absolute paths: callers key caches by the path relative to the dataset root (Pair docstring)
+    root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset directory not found; run `progemu curate --out {root}` first")
     manifest = root / MANIFEST_NAME
