@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import numpy as np
 
 from progemu.data.icgcxr import load_pairs, pair_from_json, write_manifest, write_pair
@@ -96,3 +98,15 @@ def train_tiny_evaluators(data_dir: str | Path, out_dir: str | Path, epochs: int
     config = TrainEvaluatorsConfig(classifier=ClassifierConfig(image_size=64), clip=ClipConfig(image_size=64),
                                    classifier_epochs=epochs, clip_epochs=epochs, batch_size=16)
     return train_evaluators(data_dir, out_dir, config, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Evaluation tests train small models; one torch thread keeps them fast and repeatable on 2 cores.
+    Autouse: importing this name into a test module applies it to every test there."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -6,21 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from evaluate_fixtures import make_tiny_dataset, train_tiny_evaluators
+from evaluate_fixtures import one_torch_thread, make_tiny_dataset, train_tiny_evaluators  # noqa: F401 (autouse fixture)
 from progemu.data.icgcxr import load_pairs
 from progemu.evaluate.generations import Generation, GenerationCache
 from progemu.evaluate.images import load_image
 from progemu.evaluate.runner import EvaluateConfig, evaluate
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate_fixtures import make_tiny_dataset, train_tiny_evaluators
+from evaluate_fixtures import one_torch_thread, make_tiny_dataset, train_tiny_evaluators  # noqa: F401 (autouse fixture)
 from progemu.data.icgcxr import load_pairs
 from progemu.data.labels import CHEXPERT_LABELS
 from progemu.evaluate.clip_score import clip_i
 from progemu.evaluate.evaluators import (BIOMEDCLIP_HUB_ID, XRV_WEIGHTS, load_clip, load_evaluators,
                                          load_real_evaluators, load_xrv_classifier)
 from progemu.evaluate.images import load_stack
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

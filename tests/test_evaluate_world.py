@@ -8,20 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from evaluate_fixtures import train_tiny_evaluators
+from evaluate_fixtures import one_torch_thread, train_tiny_evaluators  # noqa: F401 (autouse fixture)
 from progemu.cli import main
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
