@@ -32,12 +32,18 @@ from progemu.generate.sampler import ConstrainedSampler, SamplingSettings
 from progemu.model.layout import TokenLayout
 
 
+def _qwen_size_ids(grid: int) -> tuple[int, ...]:
+    """Qwen BPE ids of "H*W" written digit by digit ('0' = 15 ... '9' = 24, '*' = 9): (21, 19, 9, 21, 19) for 64."""
+    digits = [15 + int(c) for c in str(grid)]
+    return (*digits, 9, *digits)
+
+
 def synthetic_layout(grid: int, codebook: int, bpe: int, emu3_ids: bool = False) -> TokenLayout:
     """A layout of the right shape without a trained tokenizer (ids as Emu3's or compact)."""
     if emu3_ids:  # Emu3's real ids (formats.md §4); "64*64" is 5 digit/char tokens in Qwen's BPE
         return TokenLayout(grid_h=grid, grid_w=grid, codebook_size=codebook, bos_id=151849, eos_id=151850, pad_id=151643,
                            eol_id=151846, eof_id=151847, boi_id=151852, eoi_id=151853, image_token_id=151851,
-                           visual_offset=151854, size_text_ids=(21, 19, 9, 21, 19), text_vocab_size=151854)
+                           visual_offset=151854, size_text_ids=_qwen_size_ids(grid), text_vocab_size=151854)
     s = bpe  # compact: BPE ids, then the 8 specials in Emu3's order, then the codes
     return TokenLayout(grid_h=grid, grid_w=grid, codebook_size=codebook, pad_id=s, eol_id=s + 1, eof_id=s + 2, bos_id=s + 3,
                        eos_id=s + 4, image_token_id=s + 5, boi_id=s + 6, eoi_id=s + 7, visual_offset=s + 8,
@@ -139,7 +145,7 @@ def gpu_bench(args) -> list[dict]:
     if args.smoke:  # the same code path, tiny and on the CPU: checks the script itself without a GPU
         device, layout, preset, dtype = "cpu", synthetic_layout(4, 64, 1024), "tiny", torch.float32
     else:
-        device, layout, preset, dtype = "cuda", synthetic_layout(64, 32768, 0, emu3_ids=True), "emu3-8b", torch.bfloat16
+        device, layout, preset, dtype = "cuda", synthetic_layout(args.grid, 32768, 0, emu3_ids=True), "emu3-8b", torch.bfloat16
     start = time.perf_counter()
     model = make_model(preset, layout, device, dtype)
     print(f"random {preset} model built in {time.perf_counter() - start:.0f} s", flush=True)
@@ -187,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="CPU: batch size of the batched case")
     parser.add_argument("--text-tokens", type=int, default=None, help="interpretation cap (CPU default 196, GPU 64)")
     parser.add_argument("--threads", type=int, default=1, help="CPU: torch threads")
+    parser.add_argument("--grid", type=int, default=64,
+                        help="GPU: codes per image side (64 = 512 px as the paper; 32 = 256 px, a 4x shorter run)")
     parser.add_argument("--skip-reference", action="store_true", help="GPU: skip the (slow) reference run")
     parser.add_argument("--smoke", action="store_true", help="with --gpu: run the GPU section's code on a tiny CPU model")
     parser.add_argument("--out", default=None, help="write the Markdown table here")

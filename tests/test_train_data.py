@@ -115,3 +115,10 @@ def test_target_loss_matches_transformers_loss(world, loss_on):
     ce = torch.nn.functional.cross_entropy(logits[:, :-1][visual], targets[visual], reduction="sum")
     torch.testing.assert_close(sums[2], ce, rtol=1e-5, atol=1e-4)
     assert sums[3].item() == visual.sum().item() == 3 * layout.grid_h * layout.grid_w * (1 if loss_on == "target" else 2)
+    torch.testing.assert_close(sums[4], sums[0])  # weight 1: the optimised sum is the plain sum
+    # visual_loss_weight w: optimised = text CE + w * visual CE, the logged sums unchanged
+    with torch.no_grad():
+        weighted = TargetLoss(model, layout.visual_offset, layout.codebook_size, visual_loss_weight=0.25)(**batch)
+    text_ce = sums[0] - ce
+    torch.testing.assert_close(weighted[4], text_ce + 0.25 * ce, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(weighted[:4], sums[:4])

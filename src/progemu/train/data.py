@@ -34,6 +34,7 @@ class DataConfig:
     split: str = "train"
     mode: str = "joint"  # joint | image | text
     loss_on: str = "target"  # target (paper) | all (released code)
+    visual_loss_weight: float = 1.0  # weight of image-code labels in the optimised loss (see train/objective.py)
     prompt_dropout: float = 0.01  # official null_prompt_prob; probability that prior image + prompt are blanked
     sentence_shuffle: float = 0.05  # official: probability of shuffling the interpretation's sentences
     bucket_batches: int = 8  # global batches per length-sorted chunk (1 = no bucketing)

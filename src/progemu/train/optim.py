@@ -24,6 +24,10 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-6
     clip_grad_norm: float = 5.0
+    # horizon of the cosine (None = the run's own length). Larger than the run stops training early on a
+    # longer schedule: the demo model is step 1000 of a 1500-step cosine, before the low-lr tail memorises
+    # the 830 training images (see progemu/demo.py)
+    schedule_steps: int | None = None
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig):

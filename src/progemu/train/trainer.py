@@ -163,9 +163,14 @@ class Trainer:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.model.config.use_cache = False
         self.model.to(info.device).train()
-        self.module = wrap_model(TargetLoss(self.model, self.layout.visual_offset, self.layout.codebook_size), info, config.strategy)
+        self.module = wrap_model(TargetLoss(self.model, self.layout.visual_offset, self.layout.codebook_size,
+                                             config.data_config.visual_loss_weight), info, config.strategy)
         self.optimizer = build_optimizer(self.module, config.optim)
-        self.scheduler = build_scheduler(self.optimizer, config.optim, self.total_steps)
+        horizon = config.optim.schedule_steps or self.total_steps
+        if horizon < self.total_steps:
+            raise ValueError(f"--schedule-steps {horizon} is shorter than the run ({self.total_steps} steps); "
+                             "the cosine must cover every step")
+        self.scheduler = build_scheduler(self.optimizer, config.optim, horizon)
         self.step = 0
         if resume_dir is not None:
             self._load_state(resume_dir)
@@ -242,7 +247,7 @@ class Trainer:
                                sum(len(ids) for ids, _ in examples)], dtype=torch.float64)
         all_reduce_sum(counts, info)
         global_targets, global_tokens = float(counts[0]), float(counts[1])
-        sums = torch.zeros(4, dtype=torch.float64)
+        sums = torch.zeros(5, dtype=torch.float64)
         micro_batches = [examples[i:i + self.micro] for i in range(0, len(examples), self.micro)]
         for k, micro in enumerate(micro_batches):
             tensors = {key: value.to(info.device) for key, value in collate(micro, self.layout.pad_id).items()}
@@ -250,7 +255,7 @@ class Trainer:
                 with torch.autocast(info.device.type, dtype=self.autocast, enabled=self.autocast is not None):
                     out = self.module(**tensors)
                 # sum / global count * world: DDP averages gradients over processes
-                loss = out[0] * (info.world_size / max(global_targets, 1.0))
+                loss = out[4] * (info.world_size / max(global_targets, 1.0))
                 loss.backward()
             sums += out.detach().to("cpu", torch.float64)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.optim.clip_grad_norm)

@@ -40,7 +40,7 @@ def heldout_loss(loaded, pairs: Sequence[Any], codes: dict, *, batch_size: int =
     for name, dropout in (("conditional", 0.0), ("null", 1.0)):
         config = DataConfig(split="", mode=loaded.mode, prompt_dropout=dropout, sentence_shuffle=0.0)
         examples = ProgEmuExamples(pairs, codes, loaded.text_tokenizer, layout, config)
-        sums = torch.zeros(4, dtype=torch.float64)
+        sums = torch.zeros(5, dtype=torch.float64)
         for start in range(0, len(examples), batch_size):
             batch = collate([examples.example(i, 0) for i in range(start, min(start + batch_size, len(examples)))], layout.pad_id)
             sums += wrapped(**{k: v.to(device) for k, v in batch.items()}).to("cpu", torch.float64)
