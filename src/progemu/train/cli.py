@@ -76,12 +76,11 @@ def config_from_args(args: argparse.Namespace):
     from progemu.train.trainer import TrainConfig
 
     lr = args.lr if args.lr is not None else (1e-3 if args.preset == "tiny" else 1e-5)
-    optim = OptimConfig(lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, warmup_steps=args.warmup_steps, schedule_steps=args.schedule_steps,
-                        weight_decay=args.weight_decay, clip_grad_norm=args.clip)
+    optim = OptimConfig(lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, warmup_steps=args.warmup_steps,
+                        schedule_steps=args.schedule_steps, weight_decay=args.weight_decay, clip_grad_norm=args.clip)
     dropout = args.prompt_dropout if args.prompt_dropout is not None else DEFAULT_PROMPT_DROPOUT.get(args.preset, 0.01)
-    data = DataConfig(split=args.split, mode=args.mode, loss_on=args.loss_on, prompt_dropout=dropout,
-                      visual_loss_weight=args.visual_loss_weight,
-                      sentence_shuffle=args.sentence_shuffle)
+    data = DataConfig(split=args.split, mode=args.mode, loss_on=args.loss_on, visual_loss_weight=args.visual_loss_weight,
+                      prompt_dropout=dropout, sentence_shuffle=args.sentence_shuffle)
     return TrainConfig(data=args.data, tokenizer=args.tokenizer, out=args.out, preset=args.preset, init=args.init,
                        text_tokenizer=args.text_tokenizer, bpe_vocab_size=args.bpe_vocab_size, data_config=data, optim=optim,
                        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,

@@ -33,8 +33,8 @@ class TargetLoss(nn.Module):
 
     ``forward(input_ids long[B,T], attention_mask long[B,T], labels long[B,T])`` ->
     ``float32 [5]``: (CE sum over all labelled tokens, count, CE sum over visual-token labels,
-    count of visual-token labels, the optimised sum = text CE + ``visual_loss_weight`` x visual CE). Labels are unshifted (label t is the token at t); the
-    prediction for label t comes from position t-1.
+    count of visual-token labels, the optimised sum = text CE + ``visual_loss_weight`` x visual CE).
+    Labels are unshifted (label t is the token at t); the prediction for label t comes from position t-1.
     """
 
     def __init__(self, model: nn.Module, visual_offset: int, codebook_size: int, visual_loss_weight: float = 1.0):
@@ -55,5 +55,5 @@ class TargetLoss(nn.Module):
         losses = F.cross_entropy(logits.float(), wanted, reduction="none")
         visual = (wanted >= self.visual_offset) & (wanted < self.visual_end)
         total, visual_sum = losses.sum(), (losses * visual).sum()
-        optimised = total if self.visual_loss_weight == 1.0 else total - (1.0 - self.visual_loss_weight) * visual_sum
+        optimised = total - (1.0 - self.visual_loss_weight) * visual_sum  # weight 1: exactly ``total``
         return torch.stack([total, selected.sum().to(losses.dtype), visual_sum, visual.sum().to(losses.dtype), optimised])
