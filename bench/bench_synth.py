@@ -5,6 +5,7 @@ first fifth of the patients (per-patient throughput), so the ratio shows what th
 worker pool buys on this machine at this moment (other users' load included).
 
     .venv/bin/python bench/bench_synth.py [--patients 500] [--image-size 256] [--workers 2] [--out bench/results/synth.md]
+        [--anatomy phantom|real]   (real: goal <= 180 s; default report bench/results/synth_real.md)
 """
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _run(patients: int, size: int, workers: int, root: Path) -> tuple[float, float, int]:
+def _run(patients: int, size: int, workers: int, root: Path, anatomy: str = "phantom") -> tuple[float, float, int]:
     """(wall seconds, CPU seconds of this process and its workers, studies written)."""
-    from progemu.synth.writer import SynthConfig, write_world
+    from progemu.synth.writer import RealSynthConfig, SynthConfig, write_world
 
     out = root / f"w{patients}-{workers}"
+    config = (RealSynthConfig if anatomy == "real" else SynthConfig)(patients=patients, image_size=size, seed=0)
     start, cpu = time.perf_counter(), _cpu()
-    write_world(SynthConfig(patients=patients, image_size=size, seed=0), out, workers=workers, progress=False)
+    write_world(config, out, workers=workers, progress=False)
     seconds, cpu = time.perf_counter() - start, _cpu() - cpu
     studies = sum(1 for _ in open(out / "ground_truth.jsonl"))
     shutil.rmtree(out)
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default="bench/results/synth.md")
+    parser.add_argument("--anatomy", choices=("phantom", "real"), default="phantom")
+    parser.add_argument("--out", default=None, help="report (default bench/results/synth.md, real: synth_real.md)")
     parser.add_argument("--examples", default=None, help="also write a contact sheet PNG here")
     args = parser.parse_args(argv)
     if args.examples:
@@ -95,14 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench_synth_"))
     try:
         ref_patients = max(1, args.patients // 5)
-        ref_s, ref_cpu, ref_studies = _run(ref_patients, args.image_size, 1, root)
-        par_s, par_cpu, studies = _run(args.patients, args.image_size, args.workers, root)
+        ref_s, ref_cpu, ref_studies = _run(ref_patients, args.image_size, 1, root, args.anatomy)
+        par_s, par_cpu, studies = _run(args.patients, args.image_size, args.workers, root, args.anatomy)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     ref_rate, rate = ref_patients / ref_s, args.patients / par_s
     command = f".venv/bin/python bench/bench_synth.py --patients {args.patients} --image-size {args.image_size} --workers {args.workers}"
-    text = f"""# progemu synth benchmark
+    goal, issue = (120, "issue 2") if args.anatomy == "phantom" else (180, "real anatomy")
+    if args.anatomy != "phantom":
+        command += f" --anatomy {args.anatomy}"
+    out = args.out or ("bench/results/synth.md" if args.anatomy == "phantom" else "bench/results/synth_real.md")
+    text = f"""# progemu synth benchmark ({args.anatomy} anatomy)
 
 Command: `{command}`
 Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), shared; 1-min load average at the end: {load:.1f}.
@@ -115,11 +122,11 @@ Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}
 Ratio to the reference (wall throughput, same run): {rate / ref_rate:.2f}x.
 CPU seconds / {args.workers} workers = {par_cpu / args.workers:.1f} s: the wall time on an otherwise idle {args.workers}-core machine
 (the machine is shared with other engineers, so wall time includes their load).
-Goal (issue 2): {args.patients} patients at {args.image_size} px in <= 120 s on 2 cores: wall time {"met" if par_s <= 120 else "NOT met"} ({par_s:.1f} s at load {load:.1f});
-CPU-time estimate for idle cores {"met" if par_cpu / args.workers <= 120 else "NOT met"} ({par_cpu / args.workers:.1f} s).
+Goal ({issue}): {args.patients} patients at {args.image_size} px in <= {goal} s on 2 cores: wall time {"met" if par_s <= goal else "NOT met"} ({par_s:.1f} s at load {load:.1f});
+CPU-time estimate for idle cores {"met" if par_cpu / args.workers <= goal else "NOT met"} ({par_cpu / args.workers:.1f} s).
 """
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text, encoding="utf-8")
     print(text)
     return 0
 

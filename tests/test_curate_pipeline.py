@@ -124,7 +124,7 @@ def test_rerun_does_nothing_and_changed_settings_are_refused(curated, sources, c
     second = run_curation(config, annotator=again, progress=False, echo=lambda text: None)
     assert again.calls == 0 and [p.pair_id for p in second.pairs] == [p.pair_id for p in result.pairs]
     code = main(["--mimic", str(mimic), "--chexpert-plus", str(chexpert), "--out", str(out), "--image-size", "80", "--quiet"])
-    assert code == 2 and "image_size" in capsys.readouterr().err
+    assert code == 2 and "--image-size 64 (now 80)" in capsys.readouterr().err
 
 
 def test_official_split_and_zip_reports(tmp_path):

@@ -52,6 +52,8 @@ def test_evaluate_cli_writes_the_output_contract(world, tmp_path, capsys):
     assert set(metrics["changed_findings"]) == set(metrics["rows"]) and "AUROC" in metrics["changed_findings"]["progemu"]
     # the fixture changes one finding per pair; copy-prior moves nothing, the fake model moves towards the follow-up
     assert metrics["fidelity"]["copy-prior"] == 0.0
+    assert metrics["rows"]["copy-prior"]["NCC-prior"] == pytest.approx(1.0)  # the prior kept exactly
+    assert -1 <= metrics["rows"]["oracle"]["NCC-prior"] < 1
     assert metrics["fidelity_detail"]["progemu"]["classifier"]["n"] >= 8  # + "No Finding" flips
     assert set(metrics["per_finding"]["progemu"]) >= {"Pleural Effusion", "Cardiomegaly"}
     table = (out / "table.md").read_text()

@@ -54,15 +54,20 @@ def test_evaluate_with_real_pipelines_and_cache(world, tmp_path):
             "--figure-pairs", "2", "--gen-option", "max_text_tokens=8", "--no-meteor", "--quiet"]
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert list(metrics["rows"]) == ["progemu", "progemu2", "copy-prior", "oracle"]
+    assert list(metrics["rows"]) == ["progemu", "progemu2", "copy-prior", "reconstructed-prior", "oracle"]
+    # the tokenizer round trip of the prior: retrieved text like copy-prior, an image close to (not equal to) the prior
+    reconstructed = metrics["rows"]["reconstructed-prior"]
+    assert reconstructed["ROUGE-L"] == metrics["rows"]["copy-prior"]["ROUGE-L"]
+    assert -1 <= reconstructed["NCC-prior"] < metrics["rows"]["copy-prior"]["NCC-prior"] == pytest.approx(1.0)
     assert metrics["n_pairs"] == 3 and metrics["rows"]["progemu2"]["FID"] is not None
     index = tmp_path / "out" / "generations" / "progemu" / "index.jsonl"
     records = [json.loads(line) for line in index.read_text().splitlines()]
     assert len(records) == 3 and records[0]["attention"] == "attention.npy"  # figure pairs carry attention maps
     assert (tmp_path / "out" / "figures" / "fig4_progemu_0.png").exists()
     assert (tmp_path / "out" / "figures" / "fig3_comparison.png").exists()
-    # a re-run reads every generation from the cache (a bad model path is never opened)
-    argv[argv.index(str(joint))] = str(tmp_path / "no-such-model")
+    # a re-run without --model reads every generation from the cache (no model is opened)
+    at = argv.index("--model")
+    del argv[at:at + 2]
     assert main(argv) == 0
     assert len(index.read_text().splitlines()) == 3
     again = json.loads((tmp_path / "out" / "metrics.json").read_text())

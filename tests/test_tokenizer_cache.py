@@ -159,7 +159,9 @@ def test_evaluate_tokenizer_and_cli(tmp_path, tokenizer, capsys):
     recons8 = tokenizer.decode(tokenizer.encode(torch.from_numpy(originals8.astype(np.float32))[:, None]))[:, 0].numpy()
     hand = np.mean([10 * math.log10(1 / np.mean((o - r.astype(np.float64)) ** 2)) for o, r in zip(originals8, recons8)])
     assert result["images"] == 6 and result["psnr"] == pytest.approx(hand, abs=1e-3)
-    assert result["codebook_usage"] == pytest.approx(len(np.unique(codes)) / 64, abs=2 / 64)
+    codes8 = tokenizer.encode(torch.from_numpy(originals8.astype(np.float32))[:, None]).numpy()
+    assert result["codebook_usage"] == pytest.approx(len(np.unique(codes8)) / 64)
+    assert abs(len(np.unique(codes)) - len(np.unique(codes8))) <= 4  # 8-bit storage moves few codes
     assert result["images_per_s"] > 0 and len(list((tmp_path / "examples").glob("*.png"))) == 4
     tokenizer.save_pretrained(tmp_path / "tok")
     out = tmp_path / "eval.json"
@@ -168,15 +170,18 @@ def test_evaluate_tokenizer_and_cli(tmp_path, tokenizer, capsys):
     assert json.loads(out.read_text())["psnr"] == pytest.approx(result["psnr"], abs=1e-6)
 
 
-def test_load_image_centre_crops_and_resizes(tmp_path):
+def test_load_image_stretches_to_a_square_and_resizes(tmp_path):
+    from progemu.data.images import model_input, read_image
     from progemu.utils.atomic import atomic_save_png
 
     image = np.zeros((40, 60), np.float32)
-    image[:, 10:50] = 1.0  # the centre square (columns 10..49) is white, the side bands black
+    image[:, 10:50] = 1.0  # white centre, black side bands
     atomic_save_png(tmp_path / "wide.png", image)
     out = load_image(tmp_path / "wide.png", 32)
     assert out.shape == (32, 32) and out.dtype == np.float32
-    np.testing.assert_allclose(out, 1.0)  # the black bands were cropped away
+    np.testing.assert_array_equal(out, model_input(read_image(tmp_path / "wide.png"), 32))  # the one image path
+    # stretched, not cropped: the bands stay (60 px -> 32 px: columns 0..4 black, the middle white)
+    assert out[:, :4].max() < 0.1 and np.all(out[:, 8:24] > 0.99)
     assert dataset_images(tmp_path) == [tmp_path / "wide.png"]
     with pytest.raises(FileNotFoundError, match="no images"):
         dataset_images(tmp_path / "nothing") if (tmp_path / "nothing").mkdir() is None else None

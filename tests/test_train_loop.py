@@ -141,15 +141,16 @@ def test_resume_after_sigkill_gives_the_same_loss_curve(world, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_equal_one_process(world, tmp_path, strategy):
+@pytest.mark.parametrize("strategy,extra", [("ddp", ()), ("fsdp", ()),
+                                            ("ddp", ("--positions", "aligned", "--identity-pairs", "0.3"))])
+def test_two_processes_equal_one_process(world, tmp_path, strategy, extra):
     from progemu.train.cli import main
 
-    common = ["--max-steps", "4", "--batch-size", "4", "--save-every", "1000", "--lr", "2e-3", "--warmup-steps", "1"]
+    common = ["--max-steps", "4", "--batch-size", "4", "--save-every", "1000", "--lr", "2e-3", "--warmup-steps", "1", *extra]
     single = tmp_path / "single"
     assert main(_args(world, single, *common)) == 0
     double = tmp_path / strategy
-    port = "29517" if strategy == "ddp" else "29518"
+    port = {"ddp": "29517", "fsdp": "29518"}[strategy] if not extra else "29519"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                "-m", "progemu.train.cli", *_args(world, double, *common, "--strategy", strategy)]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
@@ -253,3 +254,56 @@ def test_refuses_to_overwrite_and_reports_bad_input(world, tmp_path, capsys):
     assert "fewer than one global batch" in capsys.readouterr().err
     assert main(["--data", str(tmp_path / "nope"), "--tokenizer", str(world["tokenizer"]), "--out", str(tmp_path / "c")]) == 1
     assert "dataset directory not found" in capsys.readouterr().err
+
+
+def test_aligned_positions_and_identity_pairs_are_recorded_and_kept_on_resume(world, tmp_path, capsys):
+    from progemu.model.checkpoint import load_checkpoint
+    from progemu.train.cli import main
+
+    out = tmp_path / "aligned"
+    common = ["--max-steps", "2", "--batch-size", "4", "--save-every", "1", "--positions", "aligned", "--prompt-budget", "40",
+              "--identity-pairs", "0.5"]
+    assert main(_args(world, out, *common)) == 0
+    loaded = load_checkpoint(out)
+    assert loaded.layout.aligned and loaded.layout.prompt_budget == 40
+    # the identity texts are known to the text tokenizer (trained with them), and recorded in the config
+    meta = json.loads((out / "progemu.json").read_text())
+    assert json.dumps(meta).count("identity_pairs") >= 1
+    ids = loaded.text_tokenizer.encode("No interval change.", add_special_tokens=False)
+    assert loaded.text_tokenizer.unk_token_id not in ids
+    capsys.readouterr()
+    sequential = [("sequential" if a == "aligned" else a) for a in common]
+    assert main(_args(world, out, *sequential, "--max-steps", "3", "--resume")) != 0  # sequential != saved aligned
+    assert "--positions" in capsys.readouterr().err
+
+
+def test_identity_pairs_copy_the_prior_with_the_no_change_texts(world):
+    from progemu.data.icgcxr import load_pairs
+    from progemu.model.layout import TokenLayout
+    from progemu.tokenizer.vqvae import ImageTokenizer
+    from progemu.train.data import DataConfig, ProgEmuExamples, load_codes
+    from generate_fixtures import TEXTS
+    from progemu.model.text_tokenizer import train_text_tokenizer
+
+    pairs = load_pairs(world["data"])
+    tokenizer = ImageTokenizer.from_pretrained(world["tokenizer"])
+    codes = load_codes(world["data"], pairs, tokenizer, progress=False)
+    config = DataConfig(identity_pairs=0.5, prompt_dropout=0.0, sentence_shuffle=0.0)
+    text = train_text_tokenizer(TEXTS + [config.identity_prompt, config.identity_interpretation],
+                                codebook_size=tokenizer.codebook_size, vocab_size=300)
+    layout = TokenLayout.from_tokenizer(text, tokenizer.grid, tokenizer.codebook_size)
+    examples = ProgEmuExamples(pairs, codes, text, layout, config, seed=3)
+    encode = lambda t: text.encode(t, add_special_tokens=False)  # noqa: E731
+    identity, normal = 0, 0
+    for index, pair in enumerate(pairs):
+        prior, follow = codes[str(pair.prior_image)], codes[str(pair.followup_image)]
+        as_identity = layout.build(prior, encode(config.identity_prompt), prior, encode(config.identity_interpretation))[0]
+        as_pair = layout.build(prior, encode(pair.prompt), follow, encode(pair.interpretation))[0]
+        for epoch in range(4):
+            ids, _ = examples.example(index, epoch)
+            assert ids == examples.example(index, epoch)[0]  # deterministic in (seed, epoch, index)
+            assert ids in (as_identity, as_pair)
+            identity += ids == as_identity
+            normal += ids == as_pair
+    assert identity > 0 and normal > 0
+    assert abs(identity / (identity + normal) - 0.5) < 0.25

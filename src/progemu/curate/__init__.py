@@ -1,4 +1,4 @@
-"""Curation of ICG-CXR from MIMIC-CXR, CheXpert Plus or the synthetic world (issue 3).
+"""Curation of ICG-CXR from MIMIC-CXR, CheXpert Plus or the synthetic world.
 
 ``progemu curate --mimic DIR | --chexpert-plus DIR --out OUT`` (see :mod:`progemu.curate.cli`):
 

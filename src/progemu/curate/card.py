@@ -15,6 +15,20 @@ def _mean(values) -> str:
     return f"{statistics.fmean(values):.3f}" if values else "n/a"
 
 
+def _third_party_notices(config) -> list[str]:
+    """The NOTICE of a source folder's world (the synthetic world on real anatomy ships one), quoted."""
+    notices = []
+    for path in (config.mimic, config.chexpert_plus):
+        notice = Path(path).parent / "NOTICE" if path else None
+        if notice is not None and notice.is_file() and notice not in notices:
+            notices.append(notice)
+    lines = []
+    for notice in notices:
+        lines += ["## Third-party images and attribution", "", f"From `{notice}`:", "", "```",
+                  notice.read_text(encoding="utf-8").rstrip(), "```", ""]
+    return lines
+
+
 def write_dataset_card(out: Path, config, counts, pairs, skips, annotator: str, seconds: float) -> Path:
     """Write the card (counts after every filter step, settings, registration quality)."""
     from progemu import __version__
@@ -50,7 +64,8 @@ def write_dataset_card(out: Path, config, counts, pairs, skips, annotator: str, 
         "onto the follow-up with SimpleITK (rigid then affine, correlation metric, multi-resolution);",
         f"  rejected when NCC after < {config.registration.min_ncc} or SSIM after < {config.registration.min_ssim};",
         f"- annotation: {annotator}; pairs with confidence < {config.min_confidence} dropped;",
-        f"- split: {config.split}" + (f" (patient hash, test fraction {config.test_fraction:g}, seed {config.seed})"
+        f"- split: {config.split}" + (f" (patient hash, test fraction {config.test_fraction:g}, seed {config.seed}; "
+                                        "a source's `split_groups.csv` groups patients that must share a split)"
                                         if config.split == "hash" else " (the source dataset's split)") + ".",
         "",
         "## Registration quality (`reg_metric`: NCC and SSIM of prior vs follow-up, before / after)",
@@ -77,4 +92,5 @@ def write_dataset_card(out: Path, config, counts, pairs, skips, annotator: str, 
     for stage, number in sorted(Counter(s.stage for s in skips).items()):
         lines.append(f"| {stage} | {number} |")
     lines += ["", "Report text comes from credentialed data: share this dataset only under the source licences.", ""]
+    lines += _third_party_notices(config)
     return atomic_write_text(Path(out) / "dataset_card.md", "\n".join(lines))

@@ -113,12 +113,16 @@ def _check_resume(config: CurateConfig, out: Path) -> None:
     path = out / "curate_config.json"
     if not path.exists():
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
+    from progemu.utils.identity import StaleOutputError, differences, read_identity
+
+    old = read_identity(path)
     new = config_to_dict(config)
-    changed = [name for name in OUTPUT_FIELDS if old.get(name) != new.get(name)]
-    if changed:
-        raise ValueError(f"{out}: made with different settings ({', '.join(changed)}); "
-                         "use a new --out directory or delete this one to start again")
+    found = differences({k: old.get(k) for k in OUTPUT_FIELDS}, {k: new.get(k) for k in OUTPUT_FIELDS},
+                        names={k: "--" + k.replace("_", "-") for k in OUTPUT_FIELDS})
+    if found:
+        raise StaleOutputError(f"--out {out}: a dataset made with other settings: {', '.join(found[:4])}"
+                               f"{' and more' if len(found) > 4 else ''} (recorded in {path.name}); re-run with the "
+                               "same settings to resume, or choose a new --out (or delete this folder) to start again")
 
 
 def _make_annotator(config: CurateConfig, out: Path):

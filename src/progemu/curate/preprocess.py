@@ -8,9 +8,9 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["QualityConfig", "remove_black_border", "resize_square", "quality_problem", "structure_level", "prepare_image"]
+from progemu.data.images import SQUARE_POLICIES as RESIZE_MODES  # one policy list for every stage
 
-RESIZE_MODES = ("stretch", "crop", "pad")
+__all__ = ["QualityConfig", "remove_black_border", "resize_square", "quality_problem", "structure_level", "prepare_image"]
 
 
 @dataclasses.dataclass
@@ -44,29 +44,15 @@ def remove_black_border(image: np.ndarray, threshold: float = 10 / 255) -> tuple
 
 
 def resize_square(image: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
-    """Resize to ``size x size`` with an antialiased bicubic filter (PIL, 32-bit float mode).
+    """Square ``size x size`` copy by the project's one image path (:func:`progemu.data.images.model_input`).
 
     ``stretch`` resizes both axes (the official ICG-CXR scripts resize straight to 512x512);
     ``crop`` keeps the aspect ratio and cuts the longer axis centrally; ``pad`` keeps the aspect
     ratio and pads the shorter axis with black.
     """
-    from PIL import Image
+    from progemu.data.images import model_input
 
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize mode {mode!r}; choose one of {RESIZE_MODES}")
-    height, width = image.shape
-    if mode == "crop":
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        image = image[top:top + side, left:left + side]
-    elif mode == "pad":
-        side = max(height, width)
-        canvas = np.zeros((side, side), np.float32)
-        top, left = (side - height) // 2, (side - width) // 2
-        canvas[top:top + height, left:left + width] = image
-        image = canvas
-    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize((size, size), Image.BICUBIC)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    return model_input(image, size, mode)
 
 
 def quality_problem(image: np.ndarray, config: QualityConfig, border: tuple[int, int, int, int] | None = None,

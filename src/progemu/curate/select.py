@@ -1,4 +1,4 @@
-"""Selection of studies and pairing of consecutive studies (issue 3, step 2).
+"""Selection of studies and pairing of consecutive studies.
 
 Rules, applied in this order (each step's survivors are counted for the dataset card):
 
@@ -16,17 +16,25 @@ Rules, applied in this order (each step's survivors are counted for the dataset 
 
 The split of a pair is decided per patient, so train and test never share a patient:
 ``hash`` puts a patient in test when a CRC32 of ``seed:source:subject`` falls below
-``test_fraction``; ``official`` uses the follow-up study's split from the source dataset.
+``test_fraction``; ``official`` uses the follow-up study's split from the source dataset. When a dataset root holds
+``split_groups.csv`` (``subject_id,group``; written by the synthetic world on real anatomy, whose
+patients made from one base radiograph share a group), ``hash`` hashes ``seed:group:GROUP``
+instead, so a group's patients always share a split.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 from collections import OrderedDict
+from pathlib import Path
 
 from progemu.data.icgcxr import pair_name, stable_fraction
 from progemu.data.mimic import Study, StudyImage
 
-__all__ = ["Candidate", "Skip", "choose_pa_image", "select_pairs", "assign_split"]
+__all__ = ["Candidate", "Skip", "choose_pa_image", "select_pairs", "assign_split", "split_groups", "SPLIT_GROUPS_FILE"]
+
+SPLIT_GROUPS_FILE = "split_groups.csv"
+_ROOT_DEPTH = 6  # how far above an image its dataset root may be
 
 
 @dataclasses.dataclass
@@ -62,26 +70,77 @@ def choose_pa_image(study: Study) -> StudyImage | None:
     return min(candidates, key=lambda image: (-(image.rows or 0) * (image.columns or 0), image.image_id))
 
 
-def assign_split(study: Study, mode: str, test_fraction: float, seed: int) -> str:
-    """Patient-level split of a pair whose follow-up is ``study`` (see module docstring)."""
+def _read_groups(path: Path) -> dict[str, str]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the split groups ({error})") from None
+    if rows and not {"subject_id", "group"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected the columns subject_id,group")
+    return {row["subject_id"]: row["group"] for row in rows if row.get("group")}
+
+
+def split_groups(studies: list[Study]) -> dict[tuple[str, str], str]:
+    """``{(source, subject_id): group}`` from the ``split_groups.csv`` above the studies' images (if any)."""
+    roots: dict[Path, Path | None] = {}
+    tables: dict[Path, dict[str, str]] = {}
+    out: dict[tuple[str, str], str] = {}
+    for study in studies:
+        if not study.images:
+            continue
+        walked, found = [], None
+        for folder in list(Path(study.images[0].path).parents)[:_ROOT_DEPTH]:
+            if folder in roots:
+                found = roots[folder]
+                break
+            walked.append(folder)
+            if (folder / SPLIT_GROUPS_FILE).is_file():
+                found = folder
+                break
+        for folder in walked:
+            roots[folder] = found
+        if found is None:
+            continue
+        if found not in tables:
+            tables[found] = _read_groups(found / SPLIT_GROUPS_FILE)
+        table = tables[found]  # CheXpert Plus lists deid_patient_id "patientN"; its studies carry N
+        group = table.get(study.subject_id) or table.get(f"patient{study.subject_id}")
+        if group:
+            out[(study.source, study.subject_id)] = group
+    return out
+
+
+def assign_split(study: Study, mode: str, test_fraction: float, seed: int, group: str | None = None) -> str:
+    """Patient-level split of a pair whose follow-up is ``study`` (see module docstring).
+
+    ``group``: the patient's split group (patients of one group share the hash split).
+    """
     if mode == "official":
         if not study.split:
             raise ValueError(f"{study.key}: no official split in the source data; use --split hash")
         return {"valid": "validate", "val": "validate"}.get(study.split, study.split)
     if mode != "hash":
         raise ValueError(f"unknown split mode {mode!r}; choose 'hash' or 'official'")
-    return "test" if stable_fraction(f"{seed}:{study.source}:{study.subject_id}") < test_fraction else "train"
+    key = f"{seed}:group:{group}" if group else f"{seed}:{study.source}:{study.subject_id}"
+    return "test" if stable_fraction(key) < test_fraction else "train"
 
 
 def select_pairs(studies: list[Study], *, max_days: float, split: str = "hash", test_fraction: float = 0.1,
-                 seed: int = 0) -> tuple[list[Candidate], list[Skip], "OrderedDict[str, int]"]:
+                 seed: int = 0, groups: dict[tuple[str, str], str] | None = None
+                 ) -> tuple[list[Candidate], list[Skip], "OrderedDict[str, int]"]:
     """Apply the rules of the module docstring.
+
+    ``groups``: ``{(source, subject_id): split group}``; by default read from the
+    ``split_groups.csv`` files above the images (:func:`split_groups`).
 
     Returns the candidate pairs (sorted by record id), the skipped records (studies and
     pairs, with reasons) and the ordered counts left after each step.
     """
     counts: OrderedDict[str, int] = OrderedDict()
     skips: list[Skip] = []
+    if groups is None:
+        groups = split_groups(studies)
     counts["studies read"] = len(studies)
     counts["patients read"] = len({(s.source, s.subject_id) for s in studies})
 
@@ -133,7 +192,7 @@ def select_pairs(studies: list[Study], *, max_days: float, split: str = "hash", 
                     skips.append(Skip(record_id, "interval", f"{interval:.1f} days apart > --max-days {max_days:g}"))
                     continue
             try:
-                pair_split = assign_split(followup, split, test_fraction, seed)
+                pair_split = assign_split(followup, split, test_fraction, seed, groups.get((source, subject)))
             except ValueError as error:
                 skips.append(Skip(record_id, "split", str(error)))
                 continue

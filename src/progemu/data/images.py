@@ -12,6 +12,13 @@ see the same pixels:
 
 Every failure (truncated, not an image, unsupported DICOM) raises ``ValueError``
 naming the file, so a curation run can record the reason and move on.
+
+The same module owns the one way an image becomes a model input: :func:`make_square` (one
+policy, ``stretch`` by default as the official ICG-CXR scripts: both axes resized, so a
+counterfactual can be stretched back onto the prior's own shape) and :func:`resize` (PIL's
+antialiased bicubic filter on 32-bit floats, clipped to [0, 1]). :func:`model_input` chains
+reading, squaring and resizing; curation, tokenizer training, the code cache, generation,
+evaluation and the web page all call it, so one file gives one model input everywhere.
 """
 from __future__ import annotations
 
@@ -21,7 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_image", "is_dicom"]
+__all__ = ["read_image", "is_dicom", "make_square", "resize", "model_input", "SQUARE_POLICIES", "DEFAULT_SQUARE"]
+
+#: how a non-square radiograph becomes square (see :func:`make_square`)
+SQUARE_POLICIES = ("stretch", "crop", "pad")
+DEFAULT_SQUARE = "stretch"
 
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 
@@ -57,6 +68,52 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{path}: image contains NaN or infinite values; re-export the file")
     return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
+
+
+def make_square(image: np.ndarray, policy: str = DEFAULT_SQUARE) -> np.ndarray:
+    """``float32 [H, W]`` -> a square ``[S, S]`` view of it (no resampling except for ``stretch``).
+
+    ``stretch``: returned unchanged (the later :func:`resize` to a square stretches the shorter
+    axis, which :func:`resize` back to ``[H, W]`` undoes); ``crop``: the central ``min(H, W)``
+    square; ``pad``: the image centred on a black ``max(H, W)`` square.
+    """
+    if policy not in SQUARE_POLICIES:
+        raise ValueError(f"square policy {policy!r}; choose one of {SQUARE_POLICIES}")
+    height, width = image.shape
+    if policy == "stretch" or height == width:
+        return image
+    if policy == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return image[top:top + side, left:left + side]
+    side = max(height, width)
+    canvas = np.zeros((side, side), np.float32)
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[top:top + height, left:left + width] = image
+    return canvas
+
+
+def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """``float [H, W]`` -> ``float32 [h, w]`` in [0, 1] (``size``: an int for a square or ``(h, w)``).
+
+    PIL's bicubic filter in 32-bit float mode, antialiased when shrinking; unchanged when the
+    size already matches.
+    """
+    from PIL import Image
+
+    height, width = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape == (height, width):
+        return np.ascontiguousarray(image)
+    resized = Image.fromarray(np.ascontiguousarray(image), mode="F").resize((width, height), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def model_input(image: np.ndarray | str | os.PathLike, size: int, square: str = DEFAULT_SQUARE) -> np.ndarray:
+    """A radiograph (path or ``float [H, W]`` in [0, 1]) as the ``float32 [size, size]`` a model sees."""
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
+    return resize(make_square(np.asarray(image, dtype=np.float32), square), size)
 
 
 def _read_raster(path: Path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Evaluation as in the paper's Table 1 (issue 7): metrics, evaluators, baselines, report.
+"""Evaluation as in the paper's Table 1: metrics, evaluators, baselines, report.
 
 Python entry points (import the submodules; this package imports nothing heavy):
 

@@ -12,15 +12,26 @@ import argparse
 import logging
 import sys
 
+from progemu.utils.checks import (ArgumentParser, HelpFormatter, UsageError, float_range, int_range, nonneg_int,
+                                   positive_int)
+from progemu.utils.lock import OutputLockedError
+
 __all__ = ["main"]
 
 
+def _multiple_of_32(text: str) -> int:
+    value = int_range(32, 4096)(text)
+    if value % 32:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32, got {value}")
+    return value
+
+
 def _evaluate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="progemu evaluate", description="Table-1 metrics, figures and an HTML "
-                                     "report on a split (sub-command: train-evaluators)")
+    parser = ArgumentParser(prog="progemu evaluate", description="Table-1 metrics, figures and an HTML "
+                            "report on a split (sub-command: train-evaluators)", formatter_class=HelpFormatter)
     parser.add_argument("--model", help="ProgEmu checkpoint directory (not needed when --generations holds them all)")
     parser.add_argument("--data", required=True, help="curated ICG-CXR dataset directory")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="split of --data to evaluate: train | validate | test")
     parser.add_argument("--out", required=True, help="output directory (metrics.json, table.md, report.html, figures/)")
     parser.add_argument("--cascade-image", help="ProgEmu² image-only checkpoint (with --cascade-text)")
     parser.add_argument("--cascade-text", help="ProgEmu² text-only checkpoint (with --cascade-image)")
@@ -29,32 +40,37 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--biomedclip", help="BiomedCLIP directory (open_clip_config.json + weights, or HF cache)")
     parser.add_argument("--generations", help="generation cache directory (default OUT/generations)")
     parser.add_argument("--ground-truth", help="ground_truth.jsonl of the synthetic world (default: via curate_config.json)")
-    parser.add_argument("--max-pairs", type=int)
-    parser.add_argument("--samples", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=4, help="generation batch size")
-    parser.add_argument("--cfg", type=float, help="classifier-free guidance scale passed to generation")
+    parser.add_argument("--max-pairs", type=positive_int, help="evaluate only the first N pairs of the split (default: all)")
+    parser.add_argument("--samples", type=positive_int, default=1, help="counterfactuals drawn per pair (metrics use the first)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of pair i is SEED + i")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="generation batch size")
+    parser.add_argument("--cfg", type=float_range(0), help="classifier-free guidance scale passed to generation "
+                        "(1 = off; default: the model's saved setting)")
     parser.add_argument("--gen-option", action="append", default=[], metavar="KEY=VALUE",
                         help="extra generate_batch keyword (JSON value), e.g. max_text_tokens=64; repeatable")
-    parser.add_argument("--figure-pairs", type=int, default=4)
+    parser.add_argument("--figure-pairs", type=nonneg_int, default=4,
+                        help="pairs shown in the report's figures, with attention maps (0 = no figures)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (no Java)")
     parser.add_argument("--device", help="device of the evaluators (default: cuda when available, else cpu)")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard cached generations made by another model or with other settings (instead of refusing)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="also show third-party progress bars (weight loading)")
     return parser
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="progemu evaluate train-evaluators",
-                                     description="train the synthetic-world classifier and CLIP on the training split")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--image-size", type=int, default=128, help="classifier input size (px)")
-    parser.add_argument("--clip-image-size", type=int, default=64, help="CLIP input size (px, multiple of 32)")
-    parser.add_argument("--epochs-classifier", type=int)
-    parser.add_argument("--epochs-clip", type=int)
-    parser.add_argument("--max-pairs", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true")
+    parser = ArgumentParser(prog="progemu evaluate train-evaluators", formatter_class=HelpFormatter,
+                            description="train the synthetic-world classifier and CLIP on the training split")
+    parser.add_argument("--data", required=True, help="curated ICG-CXR dataset made from the synthetic world")
+    parser.add_argument("--out", required=True, help="output directory (evaluators.json + weights)")
+    parser.add_argument("--image-size", type=int_range(16, 4096), default=128, help="classifier input size (px)")
+    parser.add_argument("--clip-image-size", type=_multiple_of_32, default=64, help="CLIP input size (px, multiple of 32)")
+    parser.add_argument("--epochs-classifier", type=positive_int, help="classifier epochs (default: the built-in schedule)")
+    parser.add_argument("--epochs-clip", type=positive_int, help="CLIP epochs (default: the built-in schedule)")
+    parser.add_argument("--max-pairs", type=positive_int, help="use only the first N training pairs (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -70,7 +86,13 @@ def _train(argv: list[str]) -> int:
         config.classifier_epochs = args.epochs_classifier
     if args.epochs_clip is not None:
         config.clip_epochs = args.epochs_clip
-    out = train_evaluators(args.data, args.out, config, progress=not args.quiet)
+    from progemu.utils.checks import check_in_dir, check_out_dir
+    from progemu.utils.lock import output_lock
+
+    check_in_dir(args.data, "--data", "dataset folder")
+    check_out_dir(args.out)
+    with output_lock(args.out, "progemu evaluate train-evaluators"):
+        out = train_evaluators(args.data, args.out, config, progress=not args.quiet)
     print(f"evaluators saved to {out}")
     return 0
 
@@ -92,6 +114,9 @@ def _generate_kwargs(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from progemu.utils.extras import prepare_command
+
+    prepare_command("evaluate", argv)
     # our progress at INFO; third-party loaders (open_clip logs every step at INFO on the root logger) at WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("progemu").setLevel(logging.INFO)
@@ -102,17 +127,30 @@ def main(argv: list[str] | None = None) -> int:
         if bool(args.cascade_image) != bool(args.cascade_text):
             print("progemu evaluate: --cascade-image and --cascade-text go together", file=sys.stderr)
             return 2
+        from progemu.utils.checks import check_device, check_in_dir, check_out_dir
+        from progemu.utils.lock import output_lock
+
         from .runner import EvaluateConfig, evaluate
 
+        check_in_dir(args.data, "--data", "dataset folder")
+        for flag in ("model", "cascade_image", "cascade_text", "evaluators"):
+            if getattr(args, flag):
+                check_in_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
+        check_device(args.device)
+        check_out_dir(args.out)
         config = EvaluateConfig(data=args.data, out=args.out, model=args.model, split=args.split,
                                 cascade_image=args.cascade_image, cascade_text=args.cascade_text,
                                 evaluators=args.evaluators, xrv_weights=args.xrv_weights, biomedclip=args.biomedclip,
                                 generations=args.generations, ground_truth=args.ground_truth,
                                 max_pairs=args.max_pairs, samples=args.samples, seed=args.seed,
                                 batch_size=args.batch_size, meteor=not args.no_meteor, figure_pairs=args.figure_pairs,
-                                generate_kwargs=_generate_kwargs(args), device=args.device)
-        metrics = evaluate(config, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as error:
+                                generate_kwargs=_generate_kwargs(args), device=args.device, overwrite=args.overwrite)
+        with output_lock(args.out, "progemu evaluate"):
+            metrics = evaluate(config, progress=not args.quiet)
+    except UsageError as error:
+        print(f"progemu evaluate: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, OutputLockedError) as error:
         print(f"progemu evaluate: {error}", file=sys.stderr)
         return 1
     from .report import markdown_table

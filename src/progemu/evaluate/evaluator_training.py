@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from progemu.data.labels import CHEXPERT_LABELS
-from progemu.utils.atomic import atomic_write_json
+from progemu.utils.atomic import atomic_write_json, match_umask
 from progemu.utils.config import config_to_dict, save_config
 
 from .evaluators import ClassifierConfig, build_classifier
@@ -114,6 +114,7 @@ def save_clip(model, config: ClipConfig, directory: str | Path) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = directory / ".open_clip_model.safetensors.tmp"
     save_file(state, str(tmp))
+    match_umask(tmp)  # safetensors writes 0600
     tmp.replace(directory / "open_clip_model.safetensors")
     atomic_write_json(directory / "open_clip_config.json", {"model_cfg": clip_model_cfg(config), "preprocess_cfg": preprocess})
     return directory
@@ -172,6 +173,7 @@ def _train_classifier(pairs, config: TrainEvaluatorsConfig, out_dir: Path, progr
     save_config(config.classifier, folder / "config.json", kind="ClassifierConfig")
     tmp = folder / ".model.safetensors.tmp"
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    match_umask(tmp)  # safetensors writes 0600
     tmp.replace(folder / "model.safetensors")
     tail = losses[-max(1, len(losses) // 10):]
     return {"images": int(len(x_all)), "steps": len(losses), "first_loss": losses[0] if losses else None,

@@ -94,11 +94,19 @@ def find_ground_truth(data_dir: str | Path, explicit: str | Path | None = None) 
     return None
 
 
+def _normalised(studies: dict) -> dict:
+    """The ground truth re-keyed by :func:`progemu.utils.ids.study_key` (one spelling of every id)."""
+    from progemu.utils.ids import study_key
+
+    return {study_key(truth.subject_id, truth.study_id): truth for truth in studies.values()}
+
+
 def _study(studies: dict, subject: str, study_id: str, order: int):
-    """A pair's study in the ground truth: MIMIC keys (subject, study id), CheXpert Plus (patient, order)."""
-    subject = str(subject)
-    for key in ((subject, str(study_id)), (subject.lstrip("p"), str(study_id)), (subject, str(order)),
-                (f"p{subject}", str(study_id))):
+    """A pair's study in the (normalised) ground truth: MIMIC by (subject, study id); CheXpert Plus
+    studies are numbered by their order, so (patient, order) is tried next."""
+    from progemu.utils.ids import study_key
+
+    for key in (study_key(subject, study_id), study_key(subject, order)):
         if key in studies:
             return studies[key]
     return None
@@ -123,7 +131,7 @@ def direct_fidelity(pairs: Sequence, counterfactuals: Sequence[np.ndarray], grou
 
     from .images import load_image, resize
 
-    studies = synth_truth.load_ground_truth(Path(ground_truth).parent)
+    studies = _normalised(synth_truth.load_ground_truth(Path(ground_truth).parent))
     per_key: dict[str, list[bool]] = {}
     stable: list[bool] = []
     matched = 0
@@ -151,10 +159,13 @@ def direct_fidelity(pairs: Sequence, counterfactuals: Sequence[np.ndarray], grou
     if pairs and not matched:
         log.warning("%s: none of the %d pairs' studies are in the ground truth; direct fidelity not measured",
                     ground_truth, len(pairs))
+    elif matched < len(pairs):
+        log.warning("%s: %d of %d pairs' studies are not in the ground truth; direct fidelity covers %d pairs",
+                    ground_truth, len(pairs) - matched, len(pairs), matched)
     flat = [ok for values in per_key.values() for ok in values]
     return {"score": float(np.mean(flat)) if flat else None, "n": len(flat),
             "unchanged_stable": float(np.mean(stable)) if stable else None, "n_unchanged": len(stable),
-            "pairs_matched": matched,
+            "pairs_matched": matched, "pairs_total": len(pairs),
             "per_finding": {k: {"score": float(np.mean(v)), "n": len(v)} for k, v in sorted(per_key.items())}}
 
 
@@ -163,7 +174,7 @@ def changed_regions(pairs: Sequence, ground_truth: str | Path) -> list[tuple[flo
     (``progemu.synth.truth.finding_regions``, follow-up frame), or ``None``; for the figures' zoom."""
     from progemu.synth import truth as synth_truth
 
-    studies = synth_truth.load_ground_truth(Path(ground_truth).parent)
+    studies = _normalised(synth_truth.load_ground_truth(Path(ground_truth).parent))
     boxes = []
     for pair in pairs:
         prior = _study(studies, pair.subject_id, pair.prior_study_id, pair.prior_order)

@@ -8,16 +8,25 @@ Format (``GEN`` = ``--generations DIR``, default ``OUT/generations``)::
 
 An ``index.jsonl`` line: ``{"pair_id", "folder", "samples", "interpretation", "phrases",
 "attention": "attention.npy" | null, "attention_phrases": [phrases of the maps, in stack
-order], "seconds"}``. ``<pair folder>`` is the pair id
+order], "seconds", "key"}``. ``<pair folder>`` is the pair id
 with ``/`` replaced by ``__``. PNGs are written before the index line, so a line
 on disk means a complete generation; a re-run generates only the pairs without a
 line. Anything (another model, a baseline) can be evaluated by writing this format.
+
+Generations are keyed by what made them: ``GEN/<row>/generation_key.json`` records the
+model identity (content hash of the checkpoint), the sampling settings (samples, seed,
+guidance, temperatures...) and the dataset's manifest hash, and every index line carries
+that key's fingerprint (``"key"``). A run with another model or other settings is refused
+(:class:`~progemu.utils.identity.StaleOutputError`, naming what differs) instead of
+reusing generations it did not make; ``overwrite=True`` discards them. A cache written by
+hand (no key file) is read as it is when no model is given.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from progemu.utils.atomic import append_jsonl, atomic_save_png, atomic_write_bytes, read_jsonl
+from progemu.utils.identity import StaleOutputError, check_same, fingerprint, read_identity, write_identity
 
 __all__ = ["Generation", "GenerationCache", "pair_folder", "generate_missing"]
 
@@ -47,16 +57,54 @@ class Generation:
     seconds: float | None = None
 
 
-class GenerationCache:
-    """The cached generations of one row (e.g. ``GEN/progemu``)."""
+KEY_NAME = "generation_key.json"
 
-    def __init__(self, root: str | Path, row: str):
+
+class GenerationCache:
+    """The cached generations of one row (e.g. ``GEN/progemu``).
+
+    ``key``: what makes this row's generations (model identity, sampling settings, data);
+    ``None`` reads whatever is cached (hand-written caches). Call :meth:`claim` before
+    generating into a keyed cache.
+    """
+
+    def __init__(self, root: str | Path, row: str, key: dict | None = None):
         self.directory = Path(root) / row
         self.index_path = self.directory / "index.jsonl"
+        self.key_path = self.directory / KEY_NAME
+        self.key = key
+        self.key_id = None if key is None else fingerprint(key)
+
+    def claim(self, *, overwrite: bool = False, names: dict | None = None, fresh: str | None = None) -> None:
+        """Make this cache hold generations of ``self.key``: refuse (or, with ``overwrite``, discard)
+        generations made by another model or with other settings, then record the key."""
+        if self.key is None:
+            return
+        fresh = fresh or "pass --overwrite to discard them and generate again, or choose a new --out / --generations"
+        try:
+            if check_same(self.key_path, self.key, what=f"{self.directory} (cached generations)", fresh=fresh,
+                          names=names):
+                return
+            if self.index_path.exists() and read_jsonl(self.index_path):
+                raise StaleOutputError(f"{self.directory}: cached generations without a record of the model and "
+                                       f"settings that made them ({self.key_path.name} missing); {fresh}")
+        except StaleOutputError:
+            if not overwrite:
+                raise
+            log.warning("--overwrite: discarding the cached generations in %s", self.directory)
+            shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_identity(self.key_path, self.key)
+
+    def recorded_key(self) -> dict | None:
+        """The key recorded on disk (``None`` for a hand-written cache)."""
+        return read_identity(self.key_path)
 
     def records(self) -> dict[str, dict]:
-        """pair id -> index record (the last line wins if a pair was written twice)."""
-        return {record["pair_id"]: record for record in read_jsonl(self.index_path)}
+        """pair id -> index record (the last line wins if a pair was written twice); with a key,
+        only lines made under that key count."""
+        return {record["pair_id"]: record for record in read_jsonl(self.index_path)
+                if self.key_id is None or record.get("key") == self.key_id}
 
     def write(self, generation: Generation) -> None:
         folder = self.directory / pair_folder(generation.pair_id)
@@ -75,7 +123,8 @@ class GenerationCache:
             "pair_id": generation.pair_id, "folder": pair_folder(generation.pair_id),
             "samples": len(generation.counterfactuals), "interpretation": generation.interpretation,
             "phrases": list(generation.phrases), "attention": attention_name,
-            "attention_phrases": attention_phrases if attention_name else [], "seconds": generation.seconds})
+            "attention_phrases": attention_phrases if attention_name else [], "seconds": generation.seconds,
+            "key": self.key_id})
 
     def read(self, pair_id: str, record: dict | None = None) -> Generation:
         from .images import load_image

@@ -1,4 +1,8 @@
-"""Reading images for evaluation: float32 [H, W] in [0, 1], stacked to [B, 1, S, S]."""
+"""Reading images for evaluation: float32 [H, W] in [0, 1], stacked to [B, 1, S, S].
+
+Reading and resizing are the project's one image path (:mod:`progemu.data.images`), so an
+evaluator sees a prior exactly as the tokenizer and the generator do.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,34 +14,17 @@ __all__ = ["load_image", "load_stack", "resize"]
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """``float32 [H, W]`` in [0, 1] from PNG / JPG (or DICOM through ``progemu.data.images`` when present)."""
-    path = Path(path)
-    try:  # curation owns the reader for every format; use it when it exists
-        from progemu.data.images import read_image
-    except ImportError:
-        read_image = None
-    if read_image is not None:
-        return np.asarray(read_image(path), dtype=np.float32)
-    from PIL import Image
+    """``float32 [H, W]`` in [0, 1] from PNG / JPG / DICOM (:func:`progemu.data.images.read_image`)."""
+    from progemu.data.images import read_image
 
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read image ({error}); re-create the file") from None
-    return array
+    return np.asarray(read_image(Path(path)), dtype=np.float32)
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Square bilinear (antialiased) resize of ``float [H, W]`` to ``float32 [size, size]``."""
-    image = np.asarray(image, np.float32)
-    if image.shape == (size, size):
-        return image
-    import torch
-    import torch.nn.functional as F
+    """Square ``float32 [size, size]`` copy of ``float [H, W]`` (:func:`progemu.data.images.model_input`)."""
+    from progemu.data.images import model_input
 
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
-    return F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
+    return model_input(np.asarray(image, np.float32), size)
 
 
 def load_stack(images: Sequence, size: int) -> np.ndarray:

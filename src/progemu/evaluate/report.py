@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 _ARROWS = {"FID": "↓", "CLIP-I": "↑", "CLIP-I-followup": "↑", "AUROC": "↑", "F1": "↑",
            "BLEU-3": "↑", "METEOR": "↑", "ROUGE-L": "↑"}
 _DIGITS = {"FID": 2, "CLIP-I": 2, "CLIP-I-followup": 2}
-_ROW_NAMES = {"progemu": "ProgEmu", "progemu2": "ProgEmu² (cascade)", "copy-prior": "copy-prior (reference)",
+_ROW_NAMES = {"progemu": "ProgEmu", "progemu2": "ProgEmu² (cascade)", "copy-prior": "copy-prior image + retrieved interpretation (reference)",
+              "reconstructed-prior": "reconstructed prior (tokenizer round trip) + retrieved interpretation (reference)",
               "oracle": "oracle: real follow-up (reference)"}
 
 
@@ -37,23 +38,39 @@ def markdown_table(metrics: dict) -> str:
     from .runner import METRIC_KEYS
 
     header = ["method", *[f"{k}{_ARROWS[k]}" for k in METRIC_KEYS], "AUROC (changed)↑", "F1 (changed)↑", "fidelity↑",
-              "unchanged stable"]
+              "unchanged stable", "NCC prior↑"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in metrics["rows"].items():
         changed = metrics.get("changed_findings", {}).get(name, {})
         cells = [_ROW_NAMES.get(name, name), *[_format(k, row.get(k)) for k in METRIC_KEYS],
                  _format("AUROC", changed.get("AUROC")), _format("F1", changed.get("F1")),
                  _format("fidelity", metrics.get("fidelity", {}).get(name)),
-                 _format("stable", (metrics.get("fidelity_detail", {}).get(name, {}).get("direct") or {}).get("unchanged_stable"))]
+                 _format("stable", (metrics.get("fidelity_detail", {}).get(name, {}).get("direct") or {}).get("unchanged_stable")),
+                 _format("NCC", row.get("NCC-prior"))]
         lines.append("| " + " | ".join(cells) + " |")
     evaluators = metrics.get("evaluators", {})
     methods = {d.get("method") for d in metrics.get("fidelity_detail", {}).values()}
     lines += ["", f"{metrics['n_pairs']} pairs of split `{metrics.get('split')}`; evaluators: "
               f"{evaluators.get('classifier', '?')} / {evaluators.get('clip', '?')}. '–' = does not apply. "
-              f"Fidelity measured by: {', '.join(sorted(m for m in methods if m)) or '–'}; 'unchanged stable' = share of "
+              f"Fidelity measured by: {', '.join(sorted(m for m in methods if m)) or '–'} "
+              f"({_fidelity_coverage(metrics)}); 'unchanged stable' = share of "
               "findings whose true state did not change that the counterfactual left unchanged (direct measurement "
               "only). Definitions in metrics.json (`definitions`)."]
     return "\n".join(lines) + "\n"
+
+
+def _fidelity_coverage(metrics: dict) -> str:
+    """How many pairs / changes each row's fidelity number covers, e.g. ``ProgEmu: direct, 73 of 73 pairs, 120 changes``."""
+    parts = []
+    for name, detail in metrics.get("fidelity_detail", {}).items():
+        method = detail.get("method")
+        measured = detail.get(method) or {}
+        if method == "direct":
+            covered = f"{measured.get('pairs_matched', '?')} of {measured.get('pairs_total', metrics.get('n_pairs', '?'))} pairs"
+        else:
+            covered = f"{metrics.get('n_pairs', '?')} pairs"
+        parts.append(f"{_ROW_NAMES.get(name, name).split(' (')[0]}: {method}, {covered}, {measured.get('n', 0)} changes")
+    return "; ".join(parts) or "no rows"
 
 
 def _per_finding_html(metrics: dict) -> str:

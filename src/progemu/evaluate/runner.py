@@ -36,7 +36,7 @@ __all__ = ["EvaluateConfig", "evaluate", "METRIC_KEYS", "ROW_ORDER"]
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("FID", "CLIP-I", "CLIP-I-followup", "AUROC", "F1", "BLEU-3", "METEOR", "ROUGE-L")
-ROW_ORDER = ("progemu", "progemu2", "copy-prior", "oracle")
+ROW_ORDER = ("progemu", "progemu2", "copy-prior", "reconstructed-prior", "oracle")
 
 
 @dataclasses.dataclass
@@ -60,6 +60,7 @@ class EvaluateConfig:
     figure_pairs: int = 4
     device: str | None = None  # evaluators' device; None = "cuda" when available, else "cpu"
     generate_kwargs: dict = dataclasses.field(default_factory=dict)  # extra generate_batch arguments (cfg_scale, ...)
+    overwrite: bool = False  # discard cached generations made by another model / with other settings
 
 
 @dataclasses.dataclass
@@ -67,6 +68,17 @@ class _RowInputs:
     images: list | None  # per pair: path or float [H, W]
     texts: list[str] | None  # per pair interpretation
     generations: dict | None = None  # pair_id -> Generation (model rows)
+    key: dict | None = None  # what made the generations (model identity, settings), when recorded
+
+
+def _model_tokenizer(config: EvaluateConfig) -> Path | None:
+    """The image tokenizer of the evaluated model (for the reconstructed-prior row), or None."""
+    from progemu.model.checkpoint import IMAGE_TOKENIZER_DIR
+
+    for model in (config.model, config.cascade_image):
+        if model is not None and (Path(model) / IMAGE_TOKENIZER_DIR).is_dir():
+            return Path(model) / IMAGE_TOKENIZER_DIR
+    return None
 
 
 def _load_evaluators(config: EvaluateConfig, evaluators):
@@ -82,11 +94,36 @@ def _load_evaluators(config: EvaluateConfig, evaluators):
                      "train-evaluators --data DATA --out DIR`) or --xrv-weights FILE --biomedclip DIR (real data)")
 
 
+#: how a user sets each part of a generation key (for the one-line refusal)
+_KEY_NAMES = {"models.model": "--model", "models.cascade_image": "--cascade-image", "models.cascade_text": "--cascade-text",
+              "samples": "--samples", "seed": "--seed", "data": "--data (its manifest.jsonl)",
+              "generate_kwargs.cfg_scale": "--cfg"}
+
+
+def generation_key(config: EvaluateConfig, models: dict[str, str | None]) -> dict:
+    """What makes a row's generations: model identities, sampling settings, the dataset's manifest."""
+    from progemu.utils.identity import checkpoint_identity, dataset_identity
+
+    return {"models": {flag: (checkpoint_identity(path) if path else None) for flag, path in models.items()},
+            "samples": config.samples, "seed": config.seed,
+            "generate_kwargs": {k: config.generate_kwargs[k] for k in sorted(config.generate_kwargs)},
+            "data": dataset_identity(config.data)}
+
+
+def _key_names(config: EvaluateConfig) -> dict:
+    names = dict(_KEY_NAMES)
+    names.update({f"generate_kwargs.{k}": f"--gen-option {k}" for k in config.generate_kwargs if k != "cfg_scale"})
+    return names
+
+
 def _model_row(name: str, cache_root: Path, pairs, make_pipeline: Callable | None, config: EvaluateConfig,
-               progress: bool) -> _RowInputs:
+               progress: bool, models: dict[str, str | None] | None = None) -> _RowInputs:
     from .generations import GenerationCache, generate_missing
 
-    cache = GenerationCache(cache_root, name)
+    # a model (or a pipeline factory) generates: key the cache by it; a cache alone is read as it is
+    key = generation_key(config, models or {}) if make_pipeline is not None else None
+    cache = GenerationCache(cache_root, name, key=key)
+    cache.claim(overwrite=config.overwrite, names=_key_names(config))
     missing = [p for p in pairs if p.pair_id not in cache.records()]
     if missing:
         if make_pipeline is None:
@@ -98,7 +135,8 @@ def _model_row(name: str, cache_root: Path, pairs, make_pipeline: Callable | Non
     records = cache.records()
     generations = {p.pair_id: cache.read(p.pair_id, records[p.pair_id]) for p in pairs}
     return _RowInputs(images=[generations[p.pair_id].counterfactuals[0] for p in pairs],
-                      texts=[generations[p.pair_id].interpretation or "" for p in pairs], generations=generations)
+                      texts=[generations[p.pair_id].interpretation or "" for p in pairs], generations=generations,
+                      key=cache.recorded_key())
 
 
 def _image_outputs(evaluators, images: Sequence, size: int, chunk: int = 64) -> dict[str, np.ndarray]:
@@ -149,6 +187,7 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
     from .baselines import retrieval_interpretations
     from .fidelity import changed_regions, classifier_fidelity, direct_fidelity, find_ground_truth
     from .images import load_image
+    from .preservation import mean_prior_ncc
     from .text_metrics import TextScorer
 
     started = time.perf_counter()
@@ -160,12 +199,24 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
         pairs = pairs[: config.max_pairs]
     if len(pairs) < 2:
         raise ValueError(f"{config.data}: split {config.split!r} has {len(pairs)} pairs; evaluation needs at least 2")
+    cache_root = Path(config.generations) if config.generations else out / "generations"
+    # generations made by another model / with other settings are refused now, before anything slow loads
+    from .generations import GenerationCache
+
+    for row, builder, models in (("progemu", make_pipeline or config.model, {"model": config.model}),
+                                 ("progemu2", make_cascade or (config.cascade_image and config.cascade_text),
+                                  {"cascade_image": config.cascade_image, "cascade_text": config.cascade_text})):
+        if builder:
+            GenerationCache(cache_root, row, key=generation_key(config, models)).claim(
+                overwrite=config.overwrite, names=_key_names(config))
     evaluators = _load_evaluators(config, evaluators)
+    # report.html is this folder's "done" marker (written last): a run that stops early must not leave
+    # the previous run's report vouching for a half-updated folder
+    (out / "report.html").unlink(missing_ok=True)
     if config.device is not None or evaluators.device == "cpu":
         import torch
 
         evaluators.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cache_root = Path(config.generations) if config.generations else out / "generations"
     size = load_image(pairs[0].followup_image).shape[0]
 
     # ---- rows' inputs -------------------------------------------------------------------------
@@ -176,7 +227,8 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
                 from progemu.generate.pipeline import ProgEmuPipeline
 
                 return ProgEmuPipeline.from_pretrained(config.model)
-        rows["progemu"] = _model_row("progemu", cache_root, pairs, make_pipeline, config, progress)
+        rows["progemu"] = _model_row("progemu", cache_root, pairs, make_pipeline, config, progress,
+                                     models={"model": config.model})
     if (config.cascade_image and config.cascade_text) or make_cascade is not None \
             or (cache_root / "progemu2" / "index.jsonl").exists():
         if make_cascade is None and config.cascade_image and config.cascade_text:
@@ -184,7 +236,8 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
                 from progemu.generate.pipeline import CascadePipeline
 
                 return CascadePipeline(config.cascade_image, config.cascade_text)
-        rows["progemu2"] = _model_row("progemu2", cache_root, pairs, make_cascade, config, progress)
+        rows["progemu2"] = _model_row("progemu2", cache_root, pairs, make_cascade, config, progress,
+                                      models={"cascade_image": config.cascade_image, "cascade_text": config.cascade_text})
     try:
         retrieved = retrieval_interpretations(load_pairs(config.data, split="train", check_files=False),
                                               [p.prompt for p in pairs])
@@ -192,6 +245,12 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
         log.warning("copy-prior has no retrieved interpretations (text metrics null): %s", error)
         retrieved = None
     rows["copy-prior"] = _RowInputs(images=[p.prior_image for p in pairs], texts=retrieved)
+    tokenizer_dir = _model_tokenizer(config)
+    if tokenizer_dir is not None:
+        from .preservation import reconstructed_priors
+
+        rows["reconstructed-prior"] = _RowInputs(images=reconstructed_priors(tokenizer_dir, [p.prior_image for p in pairs]),
+                                                 texts=retrieved)
     rows["oracle"] = _RowInputs(images=[p.followup_image for p in pairs], texts=None)
 
     # ---- reference (real follow-up) ------------------------------------------------------------
@@ -226,10 +285,12 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
                     detail["method"] = "direct"
                 except (ImportError, AttributeError, TypeError) as error:
                     detail["direct_error"] = f"direct measurement unavailable: {error}"
+            result["rows"][name]["NCC-prior"] = mean_prior_ncc([p.prior_image for p in pairs], inputs.images, size)
             result["fidelity_detail"][name] = detail
             result["fidelity"][name] = finite_or_none(detail[detail["method"]]["score"])
     result.update({
         "n_pairs": len(pairs), "split": config.split, "samples": config.samples, "seed": config.seed,
+        "generation": {name: inputs.key for name, inputs in rows.items() if inputs.generations is not None},
         "evaluators": evaluators.description, "ground_truth": str(ground_truth) if ground_truth else None,
         "definitions": {
             "FID": "Frechet distance of pathology-classifier features (features2), counterfactuals vs real follow-ups",
@@ -242,6 +303,9 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
             "text": "pycocoevalcap BLEU-3 (corpus), METEOR 1.5, ROUGE-L (beta 1.2) on lower-cased, "
                     "punctuation-free tokens",
             "fidelity": "fraction of true changes the counterfactual moves in the right direction vs the prior",
+            "NCC-prior": "mean zero-mean normalised cross-correlation of prior and counterfactual (1 = the prior kept)",
+            "reconstructed-prior": "decode(encode(prior)) with the model's image tokenizer + retrieved interpretation: "
+                                   "what a token model can at best preserve",
         },
         "seconds": round(time.perf_counter() - started, 1),
     })

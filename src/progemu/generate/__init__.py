@@ -1,4 +1,4 @@
-"""Generation and interpretation (issue 6): constrained batched sampling, CFG, KV cache, attention maps.
+"""Generation and interpretation: constrained batched sampling, CFG, KV cache, attention maps.
 
 Modules: :mod:`~progemu.generate.sampler` (the engine, ids only), :mod:`~progemu.generate.reference`
 (transformers' ``generate()`` with a prefix constraint, the yardstick), :mod:`~progemu.generate.attention`

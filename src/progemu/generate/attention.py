@@ -103,14 +103,16 @@ def _eager_attention(model: Any):
 
 @torch.inference_mode()
 def interpretation_attention(model: Any, sequence: Sequence[int], image_positions: Sequence[int],
-                             text_positions: Sequence[int], settings: AttentionSettings | None = None) -> np.ndarray:
+                             text_positions: Sequence[int], settings: AttentionSettings | None = None,
+                             position_ids: Sequence[int] | None = None) -> np.ndarray:
     """Attention of each text token's generating step to the image tokens.
 
     ``sequence``: the whole id sequence (prefix + continuation). ``image_positions``: indices in
     ``sequence`` of the counterfactual's h*w visual tokens (row-major). ``text_positions``:
     indices of the interpretation tokens (each > 0). Returns ``float32 [T, h*w]``: for token
     ``t``, the attention of query ``text_positions[t] - 1``, averaged over the chosen layers and
-    heads (each row sums to the attention mass on the image, <= 1).
+    heads (each row sums to the attention mass on the image, <= 1). ``position_ids``: the rotary
+    position of every token of ``sequence`` (:meth:`TokenLayout.position_ids`; default ``0 .. n-1``).
     """
     text_positions = [int(p) for p in text_positions]
     if not text_positions:
@@ -136,16 +138,21 @@ def interpretation_attention(model: Any, sequence: Sequence[int], image_position
             weights = weights.index_select(0, heads)
         collected.append(weights.mean(dim=0).index_select(0, query_index))
 
+    if position_ids is None:
+        position_ids = range(last + 1)
+    positions = torch.tensor([list(position_ids)[: last + 1]], dtype=torch.long, device=device)
+    # an explicit mask: positions may jump (aligned layouts), which transformers would otherwise read as packing
+    mask = torch.ones_like(ids)
     cache = None
     if first > 0:
-        out = model(input_ids=ids[:, :first], use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids[:, :first], attention_mask=mask[:, :first], position_ids=positions[:, :first],
+                    use_cache=True, logits_to_keep=1)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     hooks = [layers_all[i].self_attn.register_forward_hook(keep_image_columns) for i in chosen]
     try:
         with _eager_attention(model):
-            positions = torch.arange(first, last + 1, device=device)[None, :]
-            model(input_ids=ids[:, first:], position_ids=positions, cache=cache, use_cache=cache is not None,
-                  logits_to_keep=1)
+            model(input_ids=ids[:, first:], attention_mask=mask, position_ids=positions[:, first:], cache=cache,
+                  use_cache=cache is not None, logits_to_keep=1)
     finally:
         for hook in hooks:
             hook.remove()

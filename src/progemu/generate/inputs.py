@@ -60,14 +60,10 @@ def _check_float(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float [H, W] image to ``size = (H', W')`` (PIL, as the tokenizer's loader does)."""
-    from PIL import Image
+    """``float [H, W]`` -> ``float32 [H', W']`` for ``size = (H', W')`` by the project's one resize."""
+    from progemu.data.images import resize
 
-    if image.shape == tuple(size):
-        return np.ascontiguousarray(image, dtype=np.float32)
-    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
-        (int(size[1]), int(size[0])), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    return resize(image, size)
 
 
 def check_prompt(prompt: Any, where: str = "prompt") -> str:

@@ -41,9 +41,11 @@ class ProgEmuPipeline:
     """Counterfactual + interpretation from one ProgEmu checkpoint.
 
     ``pipe = ProgEmuPipeline.from_pretrained(dir)``; ``result = pipe(prior, prompt, samples=1,
-    seed=0, cfg_scale=1.0, temperature=1.0, top_k=2048, top_p=1.0, ...)``. Sampling keywords are
-    the fields of :class:`~progemu.generate.sampler.SamplingSettings`; defaults are the official
-    inference settings (top-k 2048, temperature 1, no guidance, 196 interpretation tokens).
+    seed=0, cfg_scale=3.0, temperature=0.7, ...)``. Sampling keywords are the fields of
+    :class:`~progemu.generate.sampler.SamplingSettings`; a keyword left out takes the value saved
+    with the checkpoint (``progemu.json`` ``"sampling"``, see :mod:`progemu.generate.model_defaults`;
+    kept in ``model_sampling``), else the official inference setting (top-k 2048, temperature 1,
+    no guidance, 196 interpretation tokens).
     """
 
     def __init__(self, model: Any, text_tokenizer: Any, layout: Any, image_tokenizer: Any, *, mode: str = "joint",
@@ -61,6 +63,7 @@ class ProgEmuPipeline:
         self.mode = mode
         self.defaults = (defaults or SamplingSettings()).validate()
         self.source = source
+        self.model_sampling: dict = {}  # the checkpoint's saved sampling settings (from_pretrained fills it)
         self.sampler = ConstrainedSampler(model, layout)
 
     @classmethod
@@ -68,14 +71,22 @@ class ProgEmuPipeline:
                         defaults: SamplingSettings | None = None) -> "ProgEmuPipeline":
         """Load a checkpoint directory written by ``progemu train`` (see :mod:`progemu.model.checkpoint`).
 
-        ``device``: ``"cpu"`` / ``"cuda"``; ``None`` = CUDA when available, else CPU.
+        ``device``: ``"cpu"`` / ``"cuda"``; ``None`` = CUDA when available, else CPU. ``directory``
+        ``"demo"``: the packaged demo model. ``defaults``: sampling defaults replacing the ones
+        saved with the checkpoint.
         """
         from progemu.model.checkpoint import load_checkpoint
 
+        from .model_defaults import read_sampling_defaults, resolve_model_dir
+
+        directory = resolve_model_dir(directory)
+        stored = read_sampling_defaults(directory)
         device = _default_device(device)
         loaded = load_checkpoint(directory, device=device, dtype=dtype)
-        return cls(loaded.model, loaded.text_tokenizer, loaded.layout, loaded.image_tokenizer, mode=loaded.mode,
-                   defaults=defaults, source=str(directory))
+        pipe = cls(loaded.model, loaded.text_tokenizer, loaded.layout, loaded.image_tokenizer, mode=loaded.mode,
+                   defaults=defaults if defaults is not None else SamplingSettings(**stored), source=str(directory))
+        pipe.model_sampling = stored
+        return pipe
 
     # ------------------------------------------------------------------------------------- public API
     def __call__(self, prior: Any, prompt: str, *, samples: int = 1, seed: int = 0, attention: bool = True,
@@ -134,8 +145,10 @@ class ProgEmuPipeline:
         """int64 [B, h, w] codes of float [H, W] priors (resized to the tokenizer's native size)."""
         import torch
 
+        from progemu.data.images import model_input
+
         size = int(self.image_tokenizer.image_size)
-        batch = np.stack([resize_image(image, (size, size)) for image in images])[:, None]
+        batch = np.stack([model_input(image, size) for image in images])[:, None]
         return self.image_tokenizer.encode(torch.from_numpy(batch)).numpy()
 
     def decode_codes(self, codes: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
@@ -160,7 +173,7 @@ class ProgEmuPipeline:
         prefixes = [self.layout.prefix(codes, self.prompt_ids(prompt)) for codes, prompt in zip(prior_codes, prompts)]
         encode_s = time.perf_counter() - clock
         out = self.sampler.generate(prefixes, mode=self.mode, samples=samples, seeds=seeds, settings=settings,
-                                    progress=callback)
+                                    progress=callback, anchor_codes=list(prior_codes))
         parsed = [[self.layout.parse(seq) for seq in request] for request in out.sequences]
         for r, request in enumerate(parsed):
             for k, (codes, _) in enumerate(request):
@@ -200,7 +213,8 @@ class ProgEmuPipeline:
         stack = np.stack(counterfactuals) if counterfactuals else None
         settings_doc = {"mode": self.mode, "samples": samples, "seed": seed, **dataclasses.asdict(settings),
                         "attention": dataclasses.asdict(attention_settings) if attention else None,
-                        "model": self.source, "image_size": int(self.image_tokenizer.image_size),
+                        "model": self.source, "checkpoint_sampling": dict(self.model_sampling),
+                        "image_size": int(self.image_tokenizer.image_size),
                         "grid": list(self.layout.grid), **(extra_settings or {})}
         return GenerationResult(
             prompt=prompt, prior=prior, counterfactuals=counterfactuals, interpretation=interpretations[0],
@@ -222,7 +236,8 @@ class ProgEmuPipeline:
         sequence = list(prefix) + list(continuation)
         if sequence[text_start:text_start + len(text_ids)] != list(text_ids):
             raise RuntimeError("attention: interpretation ids are not where the layout puts them")
-        token_maps = interpretation_attention(self.model, sequence, image_positions, text_positions, settings)
+        token_maps = interpretation_attention(self.model, sequence, image_positions, text_positions, settings,
+                                              position_ids=layout.position_ids(sequence))
         text, spans = token_char_spans(self.text_tokenizer, text_ids)
         found = phrase_maps(token_maps, spans, split_phrases(text, settings.phrases), (h, w))
         return {k: v["map"] for k, v in found.items()}, {k: v["image_mass"] for k, v in found.items()}

@@ -63,6 +63,10 @@ class SamplingSettings:
     ``text_temperature``: temperature for interpretation tokens only (``None`` = ``temperature``;
     0 = greedy text). A small model's interpretation is most faithful when decoded greedily,
     while its image still benefits from sampling, so evaluation may set the two apart.
+    ``anchor``: logit bonus (nats, >= 0) for the prior's code at the same cell of the counterfactual
+    (0 = off). A counterfactual should be the patient's own radiograph with only the asked-for
+    change: where the model is unsure, the bonus keeps the prior's code; where the prompt calls for
+    a change the model's own preference still wins once it exceeds the bonus.
     """
 
     temperature: float = 1.0
@@ -72,6 +76,7 @@ class SamplingSettings:
     cfg_text_scale: float = 1.0
     max_text_tokens: int = 196
     text_temperature: float | None = None
+    anchor: float = 0.0
 
     def for_text(self) -> "SamplingSettings":
         """The settings that apply to interpretation tokens."""
@@ -92,6 +97,8 @@ class SamplingSettings:
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
+        if not (self.anchor >= 0 and math.isfinite(self.anchor)):
+            raise ValueError(f"anchor must be a finite number >= 0 (0 = off), got {self.anchor}")
         if self.max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {self.max_text_tokens}")
         return self
@@ -223,7 +230,8 @@ class ConstrainedSampler:
     def generate(self, prefixes: Sequence[Sequence[int]], *, mode: str = "joint", samples: int = 1,
                  seeds: Sequence[int] | int = 0, settings: SamplingSettings | None = None,
                  null_prefixes: Sequence[Sequence[int]] | None = None, keep_unconditional: bool = False,
-                 record_logits: bool = False, progress: Callable[[int, int, str], Any] | None = None) -> SamplerOutput:
+                 record_logits: bool = False, progress: Callable[[int, int, str], Any] | None = None,
+                 anchor_codes: Sequence[Any] | None = None) -> SamplerOutput:
         """Continue each prefix ``samples`` times in one batch.
 
         ``prefixes``: conditioning prefixes (``layout.prefix(...)``), one per request.
@@ -255,6 +263,14 @@ class ConstrainedSampler:
             if len(null_prefixes) != len(prefixes):
                 raise ValueError(f"generate: {len(null_prefixes)} null prefixes for {len(prefixes)} prefixes")
 
+        anchors = None
+        if settings.anchor > 0 and mode != "text":
+            if anchor_codes is None or len(anchor_codes) != len(prefixes):
+                raise ValueError("generate: anchor > 0 needs the prior's codes (anchor_codes), one per request")
+            anchors = torch.stack([torch.as_tensor(np.asarray(c), dtype=torch.long) for c in anchor_codes]).to(self.device)
+            if tuple(anchors.shape[1:]) != tuple(self.layout.grid):
+                raise ValueError(f"generate: anchor_codes have shape {tuple(anchors.shape[1:])}, the layout grid is {self.layout.grid}")
+            anchors = anchors.repeat_interleave(samples, dim=0)  # one per (request, sample) row
         header = self.layout.image_header() if mode != "text" else []
         row_prefixes = [p + header for p in prefixes for _ in range(samples)]
         if guided:
@@ -268,10 +284,10 @@ class ConstrainedSampler:
         new_tokens = {"joint": self.layout.image_body_length + settings.max_text_tokens,
                       "image": self.layout.image_body_length, "text": settings.max_text_tokens}[mode]
         limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
-        longest = max(len(p) for p in row_prefixes)
+        longest = max(self._next_position(p) for p in row_prefixes)
         if limit and longest + new_tokens > limit:
-            raise ValueError(f"generate: a prefix of {longest} tokens plus up to {new_tokens} generated tokens exceeds the "
-                             f"model's {limit} positions; shorten the prompt or lower max_text_tokens")
+            raise ValueError(f"generate: a prefix reaching position {longest} plus up to {new_tokens} generated tokens exceeds "
+                             f"the model's {limit} positions; shorten the prompt or lower max_text_tokens")
         start = self._now()
         batch = self._prefill(row_prefixes, n_rows, guided, timings, new_tokens)
         timings["prefill_s"] = self._now() - start
@@ -281,7 +297,7 @@ class ConstrainedSampler:
         total_steps = image_steps + (0 if mode == "image" else settings.max_text_tokens)
         report = (lambda done, what: progress(done, total_steps, what)) if progress is not None else None
         if mode != "text":
-            self._decode_image(batch, sequences, generators, settings, mode, trace, timings, report)
+            self._decode_image(batch, sequences, generators, settings, mode, trace, timings, report, anchors)
         if mode != "image":
             if batch.guided and settings.cfg_text_scale == 1.0 and not keep_unconditional:
                 batch.select(torch.arange(batch.size, device=self.device), drop_unconditional=True)
@@ -307,7 +323,13 @@ class ConstrainedSampler:
         states: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = []
         for prefix in unique:
             ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            if self.layout.aligned:
+                # a jump in positions needs an explicit mask, or transformers reads it as packed sequences
+                positions = torch.from_numpy(self.layout.position_ids(prefix)).to(self.device)[None]
+                out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions,
+                                 use_cache=True, logits_to_keep=1)
+            else:
+                out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
             timings["forwards"] += 1
             cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
             layers = [(layer.keys, layer.values) for layer in cache.layers]
@@ -337,7 +359,7 @@ class ConstrainedSampler:
             pads = torch.tensor([longest - n for n in lengths], device=self.device)
             mask = position[None, :] >= pads[:, None]
         logits = torch.stack([states[u][1] for u in which])
-        next_pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        next_pos = torch.tensor([self._next_position(p) for p in row_prefixes], dtype=torch.long, device=self.device)
         return _Batch(batch_cache, mask, next_pos, torch.arange(n_cond, device=self.device), guided, logits,
                       static=self.static_cache)
 
@@ -373,14 +395,21 @@ class ConstrainedSampler:
         return uncond + scale * (cond - uncond)
 
     def _decode_image(self, batch: _Batch, sequences: list[list[int]], generators: list, settings: SamplingSettings,
-                      mode: str, trace: list | None, timings: dict, report: Callable | None = None) -> None:
+                      mode: str, trace: list | None, timings: dict, report: Callable | None = None,
+                      anchors: torch.Tensor | None = None) -> None:
         layout = self.layout
         h, w = layout.grid
         rows = batch.rows.tolist()
         for r in range(h):
             for c in range(w):
                 logits = self._guided_logits(batch, settings.cfg_scale, trace, len(sequences[rows[0]]))
-                codes = self._sample(logits[:, self._visual], batch.rows, generators, settings)
+                visual = logits[:, self._visual]
+                if anchors is not None:
+                    # rows do not leave the batch before the image is complete: row i is still original row rows[i]
+                    visual = visual.clone()
+                    prior = anchors[batch.rows, r, c]
+                    visual[torch.arange(visual.shape[0], device=self.device), prior] += settings.anchor
+                codes = self._sample(visual, batch.rows, generators, settings)
                 ids = codes + layout.visual_offset
                 forced = [layout.eol_id] if c == w - 1 else []
                 last = r == h - 1 and c == w - 1
@@ -451,6 +480,12 @@ class ConstrainedSampler:
         return ids
 
     # ----------------------------------------------------------------- helpers
+    def _next_position(self, prefix: Sequence[int]) -> int:
+        """The position the first token after ``prefix`` gets (its length, unless the layout is aligned)."""
+        if not self.layout.aligned:
+            return len(prefix)
+        return int(self.layout.position_ids(prefix)[-1]) + 1
+
     def _generator(self, seed: int) -> torch.Generator:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed)

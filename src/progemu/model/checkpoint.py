@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from progemu.model.layout import TokenLayout
-from progemu.utils.atomic import atomic_write_json
+from progemu.utils.atomic import atomic_write_json, match_umask
 
 __all__ = ["LoadedCheckpoint", "save_checkpoint", "load_checkpoint", "read_meta", "is_checkpoint",
            "load_emu3_text_state", "PROGEMU_META", "IMAGE_TOKENIZER_DIR"]
@@ -104,6 +104,7 @@ def save_checkpoint(directory: str | os.PathLike, model, text_tokenizer, layout:
                 "layout": layout.to_dict(), "image_tokenizer": IMAGE_TOKENIZER_DIR if image_tokenizer is not None else None,
                 "train": train_config or {}}
         atomic_write_json(staging / PROGEMU_META, meta)
+        match_umask(staging)  # safetensors writes the weights 0600; outputs follow the umask
         _publish(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -36,6 +36,16 @@ unconditional branch at inference sees exactly the sequences it was trained on. 
 target tokens therefore differ between the conditional and null branches; with rotary
 embeddings only relative positions matter, and the generation engine left-pads the shorter one.
 
+**Positions.** ``followup_position == 0`` (the paper, and what converted official weights use):
+positions count tokens, so the follow-up image starts after a prompt of variable length.
+``followup_position = P > 0`` (*aligned*): the follow-up's BOI always sits at position ``P``, so
+follow-up token (row i, column j) is exactly ``P - 1`` positions after prior token (i, j) in every
+pair (the prior's BOI is at position 1). With rotary embeddings that constant offset lets a small
+model learn "look at the same place in the prior". Everything before the follow-up keeps
+increasing positions; text after it continues from the image. :meth:`TokenLayout.position_ids`
+computes them; callers must pass an explicit 2-D attention mask with them, because transformers
+reads a jump in ``position_ids`` without a mask as several packed sequences.
+
 Generation: the image header (``BOI "h*w" <|image token|>``) is deterministic, so a generator may
 either let the model produce it or force it with :meth:`TokenLayout.image_header`; inside the
 image body the layout is fixed (:meth:`TokenLayout.image_body_forced_id` tells which positions
@@ -116,6 +126,7 @@ class TokenLayout:
     visual_offset: int
     size_text_ids: tuple[int, ...]
     text_vocab_size: int
+    followup_position: int = 0  # 0 = sequential positions; P > 0 = aligned (the follow-up's BOI at position P)
 
     def __post_init__(self) -> None:
         if self.grid_h <= 0 or self.grid_w <= 0:
@@ -131,6 +142,9 @@ class TokenLayout:
         for name, value in specials.items():
             if not 0 <= value < self.visual_offset:
                 raise ValueError(f"TokenLayout: {name}_id={value} must lie below visual_offset={self.visual_offset}")
+        if self.followup_position < 0 or (self.followup_position and self.followup_position <= self.image_length + 1):
+            raise ValueError(f"TokenLayout: followup_position={self.followup_position} must be 0 (sequential) or leave room "
+                             f"for BOS and the prior image (> {self.image_length + 1})")
         if any(not 0 <= i < self.visual_offset for i in self.size_text_ids):
             raise ValueError(f"TokenLayout: size_text_ids {self.size_text_ids} must be text ids (< {self.visual_offset})")
 
@@ -167,6 +181,53 @@ class TokenLayout:
     def image_length(self) -> int:
         """Total tokens of one ``IMG(codes)``; 4,170 for Emu3's 64x64 grid."""
         return self.image_header_length + self.image_body_length
+
+    # --------------------------------------------------------- positions
+    @property
+    def aligned(self) -> bool:
+        """True when the follow-up image sits at a fixed position (see the module docstring)."""
+        return self.followup_position > 0
+
+    @property
+    def prompt_budget(self) -> int:
+        """Aligned layouts: the most prompt tokens that fit before the follow-up (0 when sequential)."""
+        return max(0, self.followup_position - 1 - self.image_length) if self.aligned else 0
+
+    def with_positions(self, positions: str, prompt_budget: int = 128) -> "TokenLayout":
+        """This layout with ``positions`` = ``"sequential"`` or ``"aligned"`` (room for ``prompt_budget`` prompt tokens)."""
+        if positions == "sequential":
+            return dataclasses.replace(self, followup_position=0)
+        if positions != "aligned":
+            raise ValueError(f"positions must be 'sequential' or 'aligned', got {positions!r}")
+        if prompt_budget < 1:
+            raise ValueError(f"prompt_budget must be >= 1, got {prompt_budget}")
+        return dataclasses.replace(self, followup_position=1 + self.image_length + int(prompt_budget))
+
+    @property
+    def positions(self) -> str:
+        return "aligned" if self.aligned else "sequential"
+
+    def position_ids(self, ids: Sequence[int]) -> np.ndarray:
+        """int64 [len(ids)]: the rotary position of every token of a sequence that holds the follow-up image.
+
+        Sequential layouts: ``0 .. n-1``. Aligned layouts: increasing up to the follow-up's BOI (the
+        last BOI of the sequence: every training sequence and every generation prefix with its image
+        header ends the conditioning with the follow-up's start), which gets ``followup_position``;
+        increasing again from there. Raises ``ValueError`` when the prompt overruns its budget.
+        """
+        ids = _as_ids(ids)
+        positions = np.arange(len(ids), dtype=np.int64)
+        if not self.aligned:
+            return positions
+        starts = [i for i, token in enumerate(ids) if token == self.boi_id]
+        if not starts:
+            raise ValueError("position_ids: an aligned layout needs the follow-up image (no BOI in the sequence)")
+        start = starts[-1]
+        if start > self.followup_position:
+            raise ValueError(f"position_ids: the prompt is {start - 1 - self.image_length} tokens, more than the "
+                             f"{self.prompt_budget} this checkpoint's aligned layout leaves room for; shorten the prompt")
+        positions[start:] = self.followup_position + np.arange(len(ids) - start)
+        return positions
 
     # ------------------------------------------------------------ images
     def image_header(self) -> list[int]:
@@ -373,6 +434,7 @@ class TokenLayout:
     @classmethod
     def from_dict(cls, data: dict) -> "TokenLayout":
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {"followup_position": 0, **data}  # layouts saved before aligned positions existed are sequential
         unknown = set(data) - names
         missing = names - set(data)
         if unknown or missing:

@@ -174,6 +174,8 @@ def build_app(
     keep_seconds = max(60, int(keep_minutes * 60))
     color_map = {str(i + 1): phrase_color(i) for i in range(_MAX_PHRASE_LABELS)}
     pass_progress = _accepts_progress(pipeline)
+    # guidance the model was evaluated with (saved with its weights), else Emu3's 3; other settings stay the model's
+    default_cfg = float((getattr(pipeline, "model_sampling", None) or {}).get("cfg_scale", 3.0))
 
     def resolve_prior(file_path: str | None, example_name: str | None, request: Any) -> tuple[np.ndarray, str]:
         if file_path:
@@ -232,7 +234,7 @@ def build_app(
         samples = int(samples or 1)
         if not 1 <= samples <= limits.max_samples:
             raise gr.Error(f"Samples must be between 1 and {limits.max_samples} (got {samples}).", print_exception=False)
-        cfg_scale = float(3.0 if cfg_scale is None else cfg_scale)
+        cfg_scale = float(default_cfg if cfg_scale is None else cfg_scale)
         if not 0.0 <= cfg_scale <= 20.0:
             raise gr.Error(f"Guidance scale must be between 0 and 20 (got {cfg_scale:g}).", print_exception=False)
         seed = int(seed or 0)
@@ -362,7 +364,7 @@ def build_app(
                     compose = gr.Button("Use this hypothesis", elem_id="compose")
                 with gr.Accordion("Settings", open=False):
                     samples = gr.Slider(1, limits.max_samples, value=1, step=1, label="Samples (2 or more show the spread map)", elem_id="samples")
-                    cfg_scale = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="Guidance scale (how strongly to follow the hypothesis)", elem_id="cfg")
+                    cfg_scale = gr.Slider(1.0, 10.0, value=default_cfg, step=0.5, label="Guidance scale (how strongly to follow the hypothesis)", elem_id="cfg")
                     seed = gr.Number(value=0, precision=0, label="Seed (same seed, same result)", elem_id="seed")
                 run = gr.Button("Generate counterfactual", variant="primary", elem_id="generate")
         result_status = gr.Markdown(elem_id="result-status")

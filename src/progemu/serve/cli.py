@@ -26,29 +26,36 @@ log = logging.getLogger("progemu.serve")
 def build_parser() -> argparse.ArgumentParser:
     from .inputs import ServeLimits
 
+    from progemu.utils.checks import ArgumentParser, HelpFormatter, float_range, int_range, positive_int
+
     defaults = ServeLimits()
-    parser = argparse.ArgumentParser(
-        prog="progemu serve",
+    parser = ArgumentParser(
+        prog="progemu serve", formatter_class=HelpFormatter,
         description="Web page for clinicians and teachers: upload a prior radiograph, state a hypothesis, "
         "see the counterfactual follow-up, its interpretation and attention maps. Counterfactuals are not diagnoses.",
     )
-    parser.add_argument("--model", required=True, type=Path, help="checkpoint directory (from `progemu train`)")
+    parser.add_argument("--model", required=True, type=Path, help="checkpoint directory (from `progemu train`; "
+                        "'demo' = the packaged demo model); its saved sampling settings are the page's defaults")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
                         "0.0.0.0 exposes the page to the network -- put it behind a login)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--port", type=int_range(0, 65535), default=7860, help="port, 0 = any free port (default 7860)")
     parser.add_argument("--examples", type=Path, action="append", default=[], metavar="DIR",
                         help="folder of example priors (images, optional examples.jsonl); repeatable")
     parser.add_argument("--data", type=Path, default=None, metavar="DIR",
                         help="curated ICG-CXR dataset: offer the priors of its test split as examples")
     parser.add_argument("--data-split", default="test", help="split of --data to offer (default test)")
-    parser.add_argument("--max-examples", type=int, default=24, help="at most this many examples from --data")
+    parser.add_argument("--max-examples", type=positive_int, default=24, help="at most this many examples from --data")
     parser.add_argument("--device", default=None, help="torch device for the model (default: the pipeline's choice)")
-    parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb, help="upload size limit in MB")
-    parser.add_argument("--max-side", type=int, default=defaults.max_side, help="largest accepted image side in px")
-    parser.add_argument("--max-samples", type=int, default=defaults.max_samples, help="most samples per request")
-    parser.add_argument("--queue-size", type=int, default=defaults.queue_size, help="requests that may wait in the queue")
-    parser.add_argument("--keep-minutes", type=float, default=60.0,
+    parser.add_argument("--max-upload-mb", type=float_range(0, min_open=True), default=defaults.max_upload_mb,
+                        help="upload size limit in MB")
+    parser.add_argument("--max-side", type=int_range(defaults.min_side), default=defaults.max_side,
+                        help="largest accepted image side in px")
+    parser.add_argument("--max-samples", type=positive_int, default=defaults.max_samples, help="most samples per request")
+    parser.add_argument("--queue-size", type=positive_int, default=defaults.queue_size,
+                        help="requests that may wait in the queue")
+    parser.add_argument("--keep-minutes", type=float_range(0, min_open=True), default=60.0,
                         help="delete cached uploads and results older than this even while a tab is open (default 60)")
+    parser.add_argument("--verbose", action="store_true", help="also show third-party progress bars (weight loading)")
     return parser
 
 
@@ -96,7 +103,13 @@ def _stop_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from progemu.utils.extras import prepare_command
+
+    prepare_command("serve", sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from progemu.generate.model_defaults import resolve_model_dir
+
+    args.model = resolve_model_dir(args.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .inputs import ServeLimits
 
@@ -104,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         max_upload_mb=args.max_upload_mb, max_side=args.max_side, max_samples=args.max_samples, queue_size=args.queue_size
     )
     try:
+        from progemu.utils.checks import check_device
+
+        check_device(args.device)
         examples = collect_examples(args)
         pipeline = load_pipeline(args.model, args.device)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:

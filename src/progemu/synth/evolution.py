@@ -166,10 +166,16 @@ def _interval(rng: np.random.Generator, cfg: EvolutionConfig) -> float:
     return float(min(99.0, 0.5 + rng.exponential(cfg.mean_interval_days)))
 
 
-def simulate_patient(rng: np.random.Generator, cfg: EvolutionConfig | None = None) -> tuple[PatientAnatomy, list[PlannedStudy]]:
-    """One patient's anatomy and its chronological studies (2-6), each with pose and true state."""
+def simulate_patient(rng: np.random.Generator, cfg: EvolutionConfig | None = None,
+                     anatomy: PatientAnatomy | None = None) -> tuple[PatientAnatomy, list[PlannedStudy]]:
+    """One patient's anatomy and its chronological studies (2-6), each with pose and true state.
+
+    ``anatomy``: the patient's body when already made (the real-anatomy world); by default a
+    phantom body is drawn from ``rng`` first.
+    """
     cfg = cfg or EvolutionConfig()
-    anatomy = sample_anatomy(rng)
+    if anatomy is None:
+        anatomy = sample_anatomy(rng)
     count = int(rng.integers(cfg.min_studies, cfg.max_studies + 1))
     studies: list[PlannedStudy] = []
     state = _initial_state(rng, cfg, anatomy)

@@ -15,7 +15,12 @@ curation never reads it), with these keys:
 - ``study_order`` (1-based chronological), ``interval_days`` (from the previous
   study, null for the first), ``view`` PA/AP, ``pose`` / ``lateral_pose``
   (:class:`~progemu.synth.anatomy.Pose` fields), ``image_size`` (px),
-  ``anatomy`` (:class:`~progemu.synth.anatomy.PatientAnatomy` fields);
+  ``anatomy`` (:class:`~progemu.synth.anatomy.PatientAnatomy` fields; on the real-anatomy world
+  :class:`~progemu.synth.real_anatomy.RealAnatomy` fields, which name the ``base_image``);
+- real-anatomy world only: ``anatomy_id`` (the base radiograph's image id), ``anatomy_group``
+  (``hannover:<patient id>``: patients of one group share a split) and ``base_findings``
+  ("unknown, stable": whatever the base radiograph shows is present, unchanged, in every study of
+  the patient; ``findings`` are the inserted ones);
 - ``findings``: for every key of :data:`~progemu.synth.findings.FINDING_KEYS`,
   ``{present, severity 0-3, side, location, size_mm}``;
 - ``labels``: the 14 CheXpert labels of the report text (1.0 / 0.0 / -1.0 / null);
@@ -35,6 +40,10 @@ brightness in the finding's region (lung pixels only for lung findings) minus th
 of a control strip of chest wall that no finding touches; for a pneumothorax
 the sign is flipped (it is a lucency); for support devices it is 10 x the mean
 white top-hat (thin bright lines) in the region. The value rises with severity.
+On the real-anatomy world the image is first normalised for exposure (its attenuation scaled so
+that the control region's median is 1; that region, the liver under the right hemidiaphragm, gives
+the reference level as its median); the cardiomegaly box ends where the widest heart border goes
+(1.42 normal half-widths, :data:`~progemu.synth.real_findings.HEART_WIDENING`).
 """
 from __future__ import annotations
 
@@ -46,6 +55,7 @@ import numpy as np
 
 from .anatomy import PatientAnatomy, Pose, canonical_from_image, image_from_canonical, side_sign
 from .findings import DEVICE_KINDS, FINDING_KEYS, Finding, StudyState, key_kind, key_side
+from .real_anatomy import RealAnatomy
 from .geometry import (
     atelectasis_bands,
     consolidation_ellipse,
@@ -100,7 +110,7 @@ class StudyTruth:
             dataset=rec["dataset"], subject_id=str(rec["subject_id"]), study_id=str(rec["study_id"]), split=rec["split"],
             study_order=int(rec["study_order"]), interval_days=rec["interval_days"], view=rec["view"],
             pose=Pose(**rec["pose"]), lateral_pose=Pose(**rec["lateral_pose"]), image_size=int(rec["image_size"]),
-            anatomy=PatientAnatomy(**rec["anatomy"]), state=StudyState.from_json(rec["findings"]),
+            anatomy=_anatomy(rec["anatomy"]), state=StudyState.from_json(rec["findings"]),
             labels=rec["labels"], faults=list(rec["faults"]), frontal_image=root / rec["frontal_image"],
             lateral_image=root / rec["lateral_image"],
             report_path=root / rec["report_path"] if rec.get("report_path") else None,
@@ -109,6 +119,13 @@ class StudyTruth:
             deid_patient_id=rec.get("deid_patient_id"), patient_report_date_order=rec.get("patient_report_date_order"),
             path_to_image_frontal=rec.get("path_to_image_frontal"), raw=rec,
         )
+
+
+def _anatomy(data: dict) -> PatientAnatomy:
+    """A phantom anatomy, or a real-anatomy one (it names its ``base_image``)."""
+    if "base_image" in data:
+        return RealAnatomy(**data)
+    return PatientAnatomy(**data)
 
 
 def load_ground_truth(world_dir: str | Path) -> dict[tuple[str, str], StudyTruth]:
@@ -151,6 +168,9 @@ def canonical_boxes(truth: StudyTruth, reference: StudyTruth | None = None) -> d
             cp = costophrenic_y(an, side, insp)
             xs = sorted([s * (tw + 0.01), s * (xm + 0.40 * (tw - xm))])
             box = (xs[0], cp - 0.36, xs[1], cp + 0.01)
+        elif kind == "cardiomegaly" and isinstance(an, RealAnatomy):  # where the widened border goes
+            cx, cy, hw0, _ = heart_shape(an, 0, "PA", insp)
+            box = (cx + 0.92 * hw0, cy - 0.30, cx + 1.42 * hw0 + 0.04, cy - 0.02)
         elif kind == "cardiomegaly":
             cx, cy, hw0, hh = heart_shape(an, 0, truth.view, insp)
             _, _, hw3, _ = heart_shape(an, 3, truth.view, insp)
@@ -204,6 +224,33 @@ def _canonical_grid(shape: tuple[int, int], pose: Pose) -> tuple[np.ndarray, np.
     return canonical_from_image(*np.meshgrid(xi, yi), pose)
 
 
+_CONTROL_ATTENUATION = 1.0  # the chest wall's attenuation after exposure normalisation (real anatomy)
+
+
+def _real_control(x: np.ndarray, y: np.ndarray, an: PatientAnatomy, insp: float) -> np.ndarray:
+    """Real anatomy's control region (bool, like ``x``): the liver under the right hemidiaphragm.
+
+    Homogeneous soft tissue that no inserted finding touches, well inside the body (a chest-wall
+    strip can cross the plate edge of a real radiograph and jump between poses).
+    """
+    tw, dome = an.thorax_half_width, an.dome_y_right + insp
+    return (x >= -0.7 * tw) & (x <= -0.25 * tw) & (y >= dome + 0.12) & (y <= dome + 0.30)
+
+
+def _exposure_normalised(image: np.ndarray, control: np.ndarray) -> np.ndarray:
+    """Undo a study's exposure (real anatomy): scale attenuation so that the control strip's mean is 1.
+
+    The real-anatomy renderer scales attenuation ``-ln(1 - 0.98 I)`` by the study's exposure; the
+    ratio to the chest wall removes that, so stable anatomy measures the same in every study.
+    """
+    from .render import _FOG
+    from .real_render import to_attenuation, to_brightness
+
+    attenuation = to_attenuation((image - _FOG) / (1.0 - _FOG))
+    level = float(np.median(attenuation[control]))
+    return to_brightness(attenuation * (_CONTROL_ATTENUATION / max(level, 1e-3)))
+
+
 def measure_finding(image: np.ndarray, truth: StudyTruth, key: str, reference: StudyTruth | None = None) -> float:
     """Direct measurement of finding ``key`` in ``image`` (float [H, W] in [0, 1], in ``truth``'s frame).
 
@@ -227,7 +274,10 @@ def measure_finding(image: np.ndarray, truth: StudyTruth, key: str, reference: S
         lung = lung_geometry(x, y, an, "left", insp)[0] + lung_geometry(x, y, an, "right", insp)[0]
         region &= lung > 0.5
     tw = an.thorax_half_width
-    control = (np.abs(x) >= tw + 0.02) & (np.abs(x) <= tw + 0.07) & (y >= -0.35) & (y <= -0.05)
+    if isinstance(an, RealAnatomy):
+        control = _real_control(x, y, an, insp)
+    else:
+        control = (np.abs(x) >= tw + 0.02) & (np.abs(x) <= tw + 0.07) & (y >= -0.35) & (y <= -0.05)
     if not region.any() or not control.any():
         raise ValueError(f"region of {key} or the control strip falls outside the {image.shape} image of "
                          f"{truth.subject_id}/{truth.study_id}")
@@ -239,7 +289,11 @@ def measure_finding(image: np.ndarray, truth: StudyTruth, key: str, reference: S
         width = max(3, int(round(0.03 * image.shape[1])))
         lines = ndimage.white_tophat(image, size=(width, width))
         return float(lines[region].mean()) * 10.0
-    reference_level = float(image[control].mean())
+    if isinstance(an, RealAnatomy):  # median: robust to a plate edge or a tube crossing the strip
+        image = _exposure_normalised(image, control)
+        reference_level = float(np.median(image[control]))
+    else:
+        reference_level = float(image[control].mean())
     values = image[region]
     level = float(values.mean()) - reference_level
     return -level if kind == "pneumothorax" else level

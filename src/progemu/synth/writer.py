@@ -28,7 +28,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from progemu.data.labels import CHEXPERT_LABELS
-from progemu.utils.atomic import atomic_write_bytes, atomic_write_text
+from progemu.utils.atomic import atomic_write_bytes, atomic_write_text, make_temp_file
 from progemu.utils.config import config_to_dict, save_config
 
 from .evolution import EvolutionConfig, simulate_patient
@@ -44,7 +43,7 @@ from .render import render_frontal
 from .render_lateral import render_lateral
 from .reports import write_study_report
 
-__all__ = ["SynthConfig", "write_world", "MIMIC_DIR", "PLUS_DIR", "PLUS_CSV", "METADATA_COLUMNS",
+__all__ = ["SynthConfig", "RealSynthConfig", "write_world", "SPLIT_GROUPS", "MIMIC_DIR", "PLUS_DIR", "PLUS_CSV", "METADATA_COLUMNS",
            "PLUS_COLUMNS", "FAULT_KINDS"]
 
 MIMIC_DIR = "mimic-cxr-jpg"
@@ -64,6 +63,8 @@ PLUS_COLUMNS = ["path_to_image", "path_to_dcm", "frontal_lateral", "ap_pa", "dei
 #: empty report columns); duplicate_metadata_row: the frontal image's metadata / CSV row appears twice
 FAULT_KINDS = ("truncated_image", "blank_image", "missing_report", "duplicate_metadata_row")
 _PARTS = ".synth_parts"
+#: per dataset root of a real-anatomy world: ``subject_id,group`` (patients of one group share a split)
+SPLIT_GROUPS = "split_groups.csv"
 
 
 @dataclasses.dataclass
@@ -79,6 +80,30 @@ class SynthConfig:
     fault_rate: float = 0.012
     jpeg_quality: int = 95
     evolution: EvolutionConfig = dataclasses.field(default_factory=EvolutionConfig)
+
+
+@dataclasses.dataclass
+class RealSynthConfig(SynthConfig):
+    """A world on real anatomy (:mod:`progemu.synth.real_render`); ``anatomy`` is always "real".
+
+    A separate class so that phantom worlds keep their exact ``synth_config.json``. Every patient's
+    base image is drawn uniformly from the shipped anatomy; its dataset and split are decided by
+    the base image's *group* (the Hannover patient, whose images share one anatomy), so patients
+    made from one base never fall in two splits (the official split CSVs follow the groups, and
+    ``split_groups.csv`` in each dataset root lets curation's hash split do the same).
+
+    What a base radiograph already shows (COVID-19 opacities, ICU lines, ECG leads) cannot be read
+    automatically: the ground truth records it as ``base_findings: "unknown, stable"`` (present,
+    unchanged, in every study of the patient); ``findings``, the reports and their labels describe
+    the *inserted* findings, so changes between studies are exact while absolute labels (and the
+    reports' negative sentences) may miss what the base shows. Lateral views are the phantom's.
+    """
+
+    anatomy: str = "real"
+
+
+def _is_real(cfg: SynthConfig) -> bool:
+    return getattr(cfg, "anatomy", "phantom") == "real"
 
 
 def _dicom_id(rng: np.random.Generator) -> str:
@@ -107,7 +132,36 @@ def _plan_patients(cfg: SynthConfig) -> list[dict]:
             plan.update(deid_patient_id=f"patient{plus_count:05d}",
                         split="valid" if r < cfg.plus_valid_fraction else "train")
         plans.append(plan)
+    if _is_real(cfg):
+        _assign_bases(cfg, plans, subjects, studies)
     return plans
+
+
+def _assign_bases(cfg: SynthConfig, plans: list[dict], subjects: np.ndarray, studies: np.ndarray) -> None:
+    """Real anatomy: a base image per patient; dataset and split per base-image group (Hannover patient)."""
+    from progemu.data.icgcxr import stable_fraction
+
+    from .real_assets import anatomy_ids, anatomy_record
+
+    ids = anatomy_ids()
+    rng = np.random.default_rng([cfg.seed, 0xBA5E])
+    plus_count = 0
+    for i, plan in enumerate(plans):
+        base = ids[int(rng.integers(len(ids)))]
+        group = f"hannover:{anatomy_record(base)['patient_id']}"
+        r = stable_fraction(f"{cfg.seed}:{group}:split")
+        for key in ("subject_id", "study_ids", "deid_patient_id"):
+            plan.pop(key, None)
+        plan.update(base_image=base, anatomy_group=group)
+        if stable_fraction(f"{cfg.seed}:{group}:dataset") < cfg.mimic_fraction:
+            a, b, _ = cfg.split_fractions
+            plan.update(dataset="mimic", subject_id=str(int(subjects[i])),
+                        study_ids=[str(int(v)) for v in studies[6 * i: 6 * i + 6]],
+                        split="train" if r < a else ("validate" if r < a + b else "test"))
+        else:
+            plus_count += 1
+            plan.update(dataset="chexpertplus", deid_patient_id=f"patient{plus_count:05d}",
+                        split="valid" if r >= 1.0 - cfg.plus_valid_fraction else "train")
 
 
 def _encode(image: np.ndarray, fmt: str, quality: int) -> bytes:
@@ -147,7 +201,16 @@ def _patient(args: tuple) -> list[dict]:
         if _part_is_complete(out, records):
             return records
     rng = np.random.default_rng([cfg.seed, plan["index"]])
-    anatomy, studies = simulate_patient(rng, cfg.evolution)
+    real = _is_real(cfg)
+    if real:
+        from .real_anatomy import sample_real_anatomy
+        from .real_render import render_real_frontal
+
+        anatomy, studies = simulate_patient(rng, cfg.evolution, sample_real_anatomy(rng, plan["base_image"]))
+        frontal_renderer = render_real_frontal
+    else:
+        anatomy, studies = simulate_patient(rng, cfg.evolution)
+        frontal_renderer = render_frontal
     size = cfg.image_size
     mimic = plan["dataset"] == "mimic"
     records, prior = [], None
@@ -155,7 +218,7 @@ def _patient(args: tuple) -> list[dict]:
         k = study.order
         faults = [kind for kind in FAULT_KINDS if rng.random() < cfg.fault_rate]
         report = write_study_report(study.state, prior, study.pose.view, anatomy.sex, anatomy.age, rng)
-        frontal = render_frontal(anatomy, study.state, study.pose, size, rng)
+        frontal = frontal_renderer(anatomy, study.state, study.pose, size, rng)
         lateral = render_lateral(anatomy, study.state, study.lateral_pose, size, rng)
         if "blank_image" in faults:
             frontal = _blank_image(rng, size)
@@ -168,6 +231,9 @@ def _patient(args: tuple) -> list[dict]:
             "findings": study.state.to_json(), "labels": report.labels, "report_layout": report.layout,
             "faults": faults, "anatomy": dataclasses.asdict(anatomy), "age": anatomy.age, "sex": anatomy.sex,
         }
+        if real:  # the base radiograph; what it shows itself is present and unchanged in every study
+            record.update(anatomy_id=plan["base_image"], anatomy_group=plan["anatomy_group"],
+                          base_findings="unknown, stable")
         if mimic:
             subject, study_id = plan["subject_id"], plan["study_ids"][k - 1]
             folder = f"files/p{subject[:2]}/p{subject}/s{study_id}"
@@ -210,7 +276,7 @@ def _write_image(path: Path, data: bytes) -> None:
     files are missing or empty).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = make_temp_file(path)  # readable as the umask allows, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -324,7 +390,19 @@ def _write_tables(out: Path, cfg: SynthConfig, records: list[dict]) -> None:
     atomic_write_bytes(mimic_root / "mimic-cxr-2.0.0-split.csv.gz",
                        _gz(_csv_bytes(["dicom_id", "study_id", "subject_id", "split"], split)))
     atomic_write_bytes(out / PLUS_DIR / PLUS_CSV, _csv_bytes(PLUS_COLUMNS, plus))
+    if _is_real(cfg):
+        _write_real_extras(out, records)
     atomic_write_text(out / "ground_truth.jsonl", "".join(line + "\n" for line in truth))
+
+
+def _write_real_extras(out: Path, records: list[dict]) -> None:
+    """``split_groups.csv`` per dataset root (read by curation's split) and the anatomy's NOTICE."""
+    from .real_assets import ASSET_DIR
+
+    for dataset, root in (("mimic", MIMIC_DIR), ("chexpertplus", PLUS_DIR)):
+        groups = sorted({(r["subject_id"], r["anatomy_group"]) for r in records if r["dataset"] == dataset})
+        atomic_write_bytes(out / root / SPLIT_GROUPS, _csv_bytes(["subject_id", "group"], [list(g) for g in groups]))
+    atomic_write_text(out / "NOTICE", (ASSET_DIR / "NOTICE").read_text(encoding="utf-8"))
 
 
 def _demographics(rec: dict) -> dict:

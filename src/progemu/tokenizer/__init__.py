@@ -1,4 +1,4 @@
-"""Image tokenizer (issue 4): the Emu3 VQ-VAE wrapper, domain training, the code cache, evaluation.
+"""Image tokenizer: the Emu3 VQ-VAE wrapper, domain training, the code cache, evaluation.
 
 ``from progemu.tokenizer import ImageTokenizer`` loads torch/transformers only on first
 access (PEP 562 ``__getattr__``), so importing the package has no heavy side effects.

@@ -8,6 +8,7 @@ Layout under the dataset root (``identity`` = :attr:`ImageTokenizer.identity`)::
         codes-<P>.npy           # int32 [N, h, w], row i = paths[i]  (numpy .npy, memory-mapped)
         done-<P>.npy            # uint8 [N], 1 once row i is written and flushed
         failed.json             # {relative path: reason} for images that could not be read (retried on re-run)
+        checksums.json          # {"plan", "identity", "files": {"codes-<P>.npy": {"bytes", "sha256"}}}
 
 Why this shape:
 - a different tokenizer writes to a different ``<identity>`` folder, so stale codes are
@@ -16,7 +17,12 @@ Why this shape:
   leaves only rows that are either complete and flagged or recomputed on resume;
 - ``<P>`` is a hash of the image list: when the dataset gains or loses images a new pair of
   arrays is built (finished rows are copied over), and ``index.json`` is switched to it with
-  one atomic rename, so a reader always sees a consistent index + arrays.
+  one atomic rename, so a reader always sees a consistent index + arrays;
+- every array's length is checked against its ``.npy`` header before it is opened (a
+  truncated file is never memory-mapped, which would silently grow it back with zeros),
+  and a finished run records the sha256 of each codes shard in ``checksums.json`` (removed
+  while a run writes, rewritten when it ends): a reader verifies it, a re-run of
+  ``progemu tokenize`` re-encodes a cache that fails the check.
 """
 from __future__ import annotations
 
@@ -29,12 +35,90 @@ import numpy as np
 
 from progemu.utils.atomic import atomic_write_json
 
-__all__ = ["CodeCache", "ensure_codes", "cache_dir", "CODES_DIRNAME"]
+__all__ = ["CodeCache", "ensure_codes", "cache_dir", "verify_cache", "CorruptCacheError", "CODES_DIRNAME"]
 
 CODES_DIRNAME = "codes"
 INDEX_NAME = "index.json"
 TOKENIZER_NAME = "tokenizer.json"
 FAILED_NAME = "failed.json"
+CHECKSUM_NAME = "checksums.json"
+
+
+class CorruptCacheError(ValueError):
+    """A code cache whose arrays do not match their header or recorded checksum."""
+
+
+def _npy_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete ``.npy`` file (``None`` when its length matches its header)."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            offset = handle.tell()
+    except FileNotFoundError:
+        return "missing"
+    except (ValueError, OSError, SyntaxError) as error:
+        return f"unreadable header ({error})"
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        return f"{actual} bytes, its header says {expected} (truncated or overwritten)"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_cache(root: Path, *, checksum: bool = True) -> str | None:
+    """Problem with the cache at ``root`` (``None`` when sound): array lengths vs headers, the
+    tokenizer identity recorded in the index, and (when recorded) each codes shard's sha256."""
+    index_path = root / INDEX_NAME
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        plan = index["plan"]
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"{index_path}: unreadable index"
+    if index.get("identity", root.name) != root.name:
+        return f"{index_path}: made for tokenizer {index.get('identity')}, not {root.name}"
+    for name in (f"codes-{plan}.npy", f"done-{plan}.npy"):
+        problem = _npy_problem(root / name)
+        if problem:
+            return f"{root / name}: {problem}"
+    sums_path = root / CHECKSUM_NAME
+    if checksum and sums_path.exists():
+        try:
+            sums = json.loads(sums_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return f"{sums_path}: unreadable"
+        if sums.get("plan") == plan:
+            for name, expected in sums.get("files", {}).items():
+                path = root / name
+                if path.stat().st_size != expected.get("bytes") or _sha256(path) != expected.get("sha256"):
+                    return f"{path}: content differs from the checksum recorded when it was written"
+    return None
+
+
+def _checksum_plan(root: Path) -> str | None:
+    try:
+        return json.loads((root / CHECKSUM_NAME).read_text(encoding="utf-8")).get("plan")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _write_checksums(root: Path, plan: str) -> None:
+    name = f"codes-{plan}.npy"
+    path = root / name
+    atomic_write_json(root / CHECKSUM_NAME, {"plan": plan, "identity": root.name,
+                                             "files": {name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}}})
 
 
 def cache_dir(data_dir: str | os.PathLike, identity: str) -> Path:
@@ -72,6 +156,10 @@ class CodeCache:
         if not index_path.exists():
             raise FileNotFoundError(f"{self.root}: no code cache for tokenizer {self.identity}; run "
                                     f"`progemu tokenize --data {self.data_dir} --tokenizer TOKENIZER_DIR`")
+        problem = verify_cache(self.root)
+        if problem:
+            raise CorruptCacheError(f"{problem}; run `progemu tokenize --data {self.data_dir} --tokenizer "
+                                    "TOKENIZER_DIR` again (it re-encodes a damaged cache)")
         index = json.loads(index_path.read_text(encoding="utf-8"))
         self.plan = index["plan"]
         self.paths: list[str] = list(index["paths"])
@@ -81,6 +169,9 @@ class CodeCache:
         self._done = np.load(self.root / f"done-{self.plan}.npy", mmap_mode="r")
         tokenizer_path = self.root / TOKENIZER_NAME
         self.tokenizer_info = json.loads(tokenizer_path.read_text(encoding="utf-8")) if tokenizer_path.exists() else {}
+        if self.tokenizer_info.get("identity", self.identity) != self.identity:
+            raise CorruptCacheError(f"{tokenizer_path}: codes of tokenizer {self.tokenizer_info.get('identity')} in "
+                                    f"the folder of {self.identity}; delete {self.root} and run `progemu tokenize` again")
         failed_path = self.root / FAILED_NAME
         self.failed: dict[str, str] = json.loads(failed_path.read_text(encoding="utf-8")) if failed_path.exists() else {}
 
@@ -145,13 +236,24 @@ def ensure_codes(data_dir: str | os.PathLike, tokenizer, images: list | None = N
     if not (root / TOKENIZER_NAME).exists():
         atomic_write_json(root / TOKENIZER_NAME, describe(tokenizer))
     grid = tuple(int(v) for v in tokenizer.grid)
+    problem = verify_cache(root)
+    if problem:  # never memory-map a damaged array (r+ would grow a truncated one back with zeros)
+        import logging
+
+        logging.getLogger(__name__).warning("%s; discarding this code cache and encoding again", problem)
+        for stale in [INDEX_NAME, CHECKSUM_NAME, *(p.name for p in root.glob("*.npy"))]:
+            (root / stale).unlink(missing_ok=True)
     _switch_plan(root, wanted, grid)
 
     index = json.loads((root / INDEX_NAME).read_text(encoding="utf-8"))
     plan = index["plan"]
+    done = np.load(root / f"done-{plan}.npy", mmap_mode="r")
+    todo = [row for row in range(len(wanted)) if not done[row]]
+    del done
+    if todo or _checksum_plan(root) != plan:
+        (root / CHECKSUM_NAME).unlink(missing_ok=True)  # rows are about to change: the old checksum no longer vouches
     codes = np.load(root / f"codes-{plan}.npy", mmap_mode="r+")
     done = np.load(root / f"done-{plan}.npy", mmap_mode="r+")
-    todo = [row for row in range(len(wanted)) if not done[row]]
     failed_path = root / FAILED_NAME
     failures: dict[str, str] = json.loads(failed_path.read_text(encoding="utf-8")) if failed_path.exists() else {}
     with tqdm(total=len(todo), desc=f"tokenize ({identity})", disable=not progress, unit="img") as bar:
@@ -175,6 +277,8 @@ def ensure_codes(data_dir: str | os.PathLike, tokenizer, images: list | None = N
             done.flush()
             bar.update(len(rows))
     del codes, done
+    if not (root / CHECKSUM_NAME).exists():
+        _write_checksums(root, plan)  # last: it vouches for the rows written above
     failures = {k: v for k, v in failures.items() if k in set(wanted)}
     atomic_write_json(failed_path, failures)
     if failures:

@@ -12,17 +12,23 @@ import time
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="progemu tokenize", description=__doc__.split("\n")[0])
+    from progemu.utils.checks import ArgumentParser, HelpFormatter, positive_int
+
+    parser = ArgumentParser(prog="progemu tokenize", description=__doc__.split("\n")[0],
+                            formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="curated ICG-CXR dataset (or a folder of images)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory (progemu tokenizer train, or an Emu3 -hf model)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images encoded at once")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from progemu.utils.extras import prepare_command
+
+    prepare_command("tokenize", sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     import torch
 
@@ -34,11 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("progemu tokenize: --batch-size must be >= 1", file=sys.stderr)
         return 2
+    from progemu.tokenizer.cache import CODES_DIRNAME
+    from progemu.utils.checks import UsageError, check_device, check_in_dir, check_out_dir
+    from progemu.utils.lock import OutputLockedError, output_lock
+
     try:
+        check_in_dir(args.data, "--data", "dataset or image folder")
+        check_device(args.device)
+        codes_dir = check_out_dir(f"{args.data}/{CODES_DIRNAME}", "--data")
         tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device)
         start = time.perf_counter()
-        cache = ensure_codes(args.data, tokenizer, batch_size=args.batch_size, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as error:
+        with output_lock(codes_dir, "progemu tokenize", flag="--data"):
+            cache = ensure_codes(args.data, tokenizer, batch_size=args.batch_size, progress=not args.quiet)
+    except UsageError as error:
+        print(f"progemu tokenize: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, OutputLockedError) as error:
         print(f"progemu tokenize: {error}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start

@@ -9,9 +9,8 @@ Two kinds of ``--data`` directory are accepted everywhere in this package:
   hold-out by a hash of the patient-level folder (``test`` = ``holdout`` fraction,
   ``train`` = the rest, ``None`` / ``all`` = everything).
 
-Pixels come from ``progemu.data.images.read_image`` (``float32 [H, W]`` in [0, 1]). Images
-that are not square are centre-cropped to a square (radiographs are framed around the
-thorax), then resized with Pillow's antialiasing bilinear filter to the native size.
+Pixels come from ``progemu.data.images.model_input``: read, made square by the project's one
+policy and resized to the native size, exactly as generation and evaluation prepare a prior.
 """
 from __future__ import annotations
 
@@ -71,21 +70,10 @@ def dataset_images(data_dir: str | os.PathLike, split: str | None = None, *, hol
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """One radiograph as ``float32 [size, size]`` in [0, 1] (centre-crop to square, antialiased resize)."""
-    from PIL import Image
+    """One radiograph as ``float32 [size, size]`` in [0, 1] (the project's one image path)."""
+    from progemu.data.images import model_input
 
-    from progemu.data.images import read_image
-
-    image = read_image(path)
-    height, width = image.shape
-    if height != width:
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        image = image[top:top + side, left:left + side]
-    if image.shape[0] != size:
-        resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-        image = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
-    return np.ascontiguousarray(image, dtype=np.float32)
+    return model_input(path, size)
 
 
 def load_images(paths: list[Path], size: int, *, progress: bool = False, desc: str = "reading images",

@@ -50,6 +50,7 @@ from progemu.utils.config import config_from_dict, config_to_dict, save_config
 __all__ = ["TrainConfig", "train_tokenizer", "train_config_for", "vq_forward", "vq_losses", "psnr", "load_train_config"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+_LOGGED = ("loss", "l1", "l2", "edge", "codebook", "commitment", "consistency")
 LOG_NAME = "log.jsonl"
 
 
@@ -72,6 +73,12 @@ class TrainConfig:
     edge_weight: float = 1.0
     codebook_weight: float = 1.0
     commitment_weight: float = 0.25
+    # code stability: latents of a perturbed view (1-px shift, noise, exposure) are pulled onto the
+    # clean view's codes, so that small acquisition changes do not flip codes (0 = off, the plain VQ-VAE)
+    consistency_weight: float = 0.0
+    consistency_noise: float = 0.03  # max Gaussian noise sd of the perturbed view (intensity units)
+    consistency_shift: int = 1  # max shift of the perturbed view in px (each axis)
+    consistency_intensity: float = 0.08  # max relative exposure change of the perturbed view
     restart_every: int = 25  # steps between dead-code restarts (0 = never)
     restart_noise: float = 0.01
     output_init_scale: float = 0.01  # scales the decoder's last conv at init
@@ -137,6 +144,34 @@ def vq_losses(images: torch.Tensor, out: dict[str, torch.Tensor], config: TrainC
     total = (config.l1_weight * l1 + config.l2_weight * l2 + config.edge_weight * edge
              + config.codebook_weight * codebook + config.commitment_weight * commitment)
     return {"loss": total, "l1": l1, "l2": l2, "edge": edge, "codebook": codebook, "commitment": commitment}
+
+
+def perturb_views(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """A perturbed copy of ``float [B, 1, H, W]`` images in [0, 1]: the acquisition changes codes must survive.
+
+    Per image, drawn from ``generator``: a shift of up to ``consistency_shift`` px per axis (edge
+    replicated, so no black border appears), an exposure factor in ``1 +- consistency_intensity``
+    and Gaussian noise of sd up to ``consistency_noise``.
+    """
+    count = images.shape[0]
+    limit = int(config.consistency_shift)
+    shifts = torch.randint(-limit, limit + 1, (count, 2), generator=generator).tolist() if limit else [[0, 0]] * count
+    scale = 1 + config.consistency_intensity * (2 * torch.rand(count, generator=generator) - 1)
+    sd = config.consistency_noise * torch.rand(count, generator=generator)
+    noise = torch.randn(images.shape, generator=generator) * sd[:, None, None, None]
+    views = []
+    for image, (dy, dx) in zip(images.cpu(), shifts):
+        padded = F.pad(image[None], (limit, limit, limit, limit), mode="replicate")[0] if limit else image
+        top, left = limit - dy, limit - dx
+        views.append(padded[:, top:top + image.shape[-2], left:left + image.shape[-1]])
+    out = torch.stack(views) * scale[:, None, None, None] + noise
+    return out.clamp(0.0, 1.0).to(images.device)
+
+
+def consistency_loss(tokenizer: ImageTokenizer, views: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of the perturbed views' latents ``[B, D, h, w]`` to the clean codes' vectors."""
+    latents = tokenizer.encode_latents(tokenizer.to_model_pixels(views))
+    return F.mse_loss(latents, quantized.detach())
 
 
 def _freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -310,7 +345,7 @@ def train_tokenizer(data_dir: str | os.PathLike, out_dir: str | os.PathLike, con
 
     tokenizer.model.train()
     _freeze_batchnorm(tokenizer.model)
-    window = {"loss": 0.0, "l1": 0.0, "l2": 0.0, "edge": 0.0, "codebook": 0.0, "commitment": 0.0, "n": 0}
+    window = {"loss": 0.0, "l1": 0.0, "l2": 0.0, "edge": 0.0, "codebook": 0.0, "commitment": 0.0, "consistency": 0.0, "n": 0}
     restarted = 0
     start_time, start_step = time.perf_counter(), step
     bar = tqdm(total=config.max_steps, initial=step, desc="tokenizer train", disable=not progress, unit="step")
@@ -320,6 +355,11 @@ def train_tokenizer(data_dir: str | os.PathLike, out_dir: str | os.PathLike, con
         batch = _sample_batch(data, config, generator).to(device)
         outputs = vq_forward(tokenizer, batch)
         losses = vq_losses(batch, outputs, config)
+        if config.consistency_weight > 0:
+            losses["consistency"] = consistency_loss(tokenizer, perturb_views(batch, config, generator), outputs["quantized"])
+            losses["loss"] = losses["loss"] + config.consistency_weight * losses["consistency"]
+        else:
+            losses["consistency"] = torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if config.grad_clip:
@@ -327,7 +367,7 @@ def train_tokenizer(data_dir: str | os.PathLike, out_dir: str | os.PathLike, con
         optimizer.step()
         counts += torch.bincount(outputs["codes"].flatten(), minlength=arch.codebook_size).cpu()
         step += 1
-        for key in ("loss", "l1", "l2", "edge", "codebook", "commitment"):
+        for key in _LOGGED:
             window[key] += float(losses[key].detach())
         window["n"] += 1
         if config.restart_every and step % config.restart_every == 0:
@@ -337,7 +377,7 @@ def train_tokenizer(data_dir: str | os.PathLike, out_dir: str | os.PathLike, con
             counts.zero_()
         if step % config.log_every == 0 or step == config.max_steps:
             record = {"step": step, "lr": optimizer.param_groups[0]["lr"],
-                      **{k: window[k] / window["n"] for k in ("loss", "l1", "l2", "edge", "codebook", "commitment")},
+                      **{k: window[k] / window["n"] for k in _LOGGED},
                       "train_psnr": 10 * math.log10(1.0 / max(window["l2"] / window["n"], 1e-12)),
                       "usage": last.get("usage_window"), "restarted": restarted,
                       "elapsed_s": round(time.perf_counter() - start_time, 3)}

@@ -161,6 +161,9 @@ class ImageTokenizer:
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         save_config(self.config, path / PROGEMU_TOKENIZER_FILE, kind="ImageTokenizer")
+        from progemu.utils.atomic import match_umask
+
+        match_umask(path)  # safetensors writes its file 0600; give it the umask's mode
         return path
 
     # ------------------------------------------------------------------ properties

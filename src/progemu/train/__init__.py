@@ -1,4 +1,4 @@
-"""ProgEmu training (issue 5): data, objective, optimisation, distribution, the loop and ``progemu train``.
+"""ProgEmu training: data, objective, optimisation, distribution, the loop and ``progemu train``.
 
 Nothing is imported here; use ``progemu.train.trainer.train`` or ``progemu.train.cli.main``.
 """

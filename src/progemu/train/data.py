@@ -22,7 +22,7 @@ import numpy as np
 
 from progemu.model.layout import IGNORE_INDEX, TokenLayout
 
-__all__ = ["DataConfig", "ProgEmuExamples", "epoch_batches", "collate", "load_codes", "shuffle_sentences"]
+__all__ = ["DataConfig", "ProgEmuExamples", "epoch_batches", "collate", "load_codes", "shuffle_sentences", "identity_texts"]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -38,6 +38,16 @@ class DataConfig:
     prompt_dropout: float = 0.01  # official null_prompt_prob; probability that prior image + prompt are blanked
     sentence_shuffle: float = 0.05  # official: probability of shuffling the interpretation's sentences
     bucket_batches: int = 8  # global batches per length-sorted chunk (1 = no bucketing)
+    # identity pairs: with this probability an example becomes prior -> prior with a "no change" prompt
+    # and interpretation, which teaches the model that what the prompt does not name stays as it was
+    identity_pairs: float = 0.0
+    identity_prompt: str = "No interval change."
+    identity_interpretation: str = "No interval change: the follow-up radiograph is unchanged from the prior."
+
+
+def identity_texts(config: DataConfig) -> list[str]:
+    """The identity pairs' texts when they are used (the text tokenizer must know them), else ``[]``."""
+    return [config.identity_prompt, config.identity_interpretation] if config.identity_pairs > 0 else []
 
 
 def shuffle_sentences(text: str, rng: np.random.Generator) -> str:
@@ -99,11 +109,15 @@ class ProgEmuExamples:
         self.seed = int(seed)
         self.prompt_ids = [self._encode(p.prompt) for p in self.pairs]
         self.interpretation_ids = [self._encode(p.interpretation) for p in self.pairs]
+        self.identity_ids = (self._encode(config.identity_prompt), self._encode(config.identity_interpretation))
         # lengths of the conditional sequence (the bucketing key; shuffling changes them slightly)
         self.lengths = np.array([len(self._build(i, False, self.interpretation_ids[i])[0]) for i in range(len(self.pairs))])
-        if max_length is not None and int(self.lengths.max()) > max_length:
-            worst = int(np.argmax(self.lengths))
-            raise ValueError(f"pair {self.pairs[worst].pair_id}: sequence of {int(self.lengths[worst])} tokens exceeds the "
+        # the positions a sequence reaches (aligned layouts jump to the follow-up's fixed position)
+        extents = [int(layout.position_ids(self._build(i, False, self.interpretation_ids[i])[0])[-1]) + 1
+                   for i in range(len(self.pairs))] if layout.aligned else self.lengths
+        if max_length is not None and int(np.max(extents)) > max_length:
+            worst = int(np.argmax(extents))
+            raise ValueError(f"pair {self.pairs[worst].pair_id}: sequence reaching position {int(extents[worst])} exceeds the "
                              f"model's max_position_embeddings={max_length}; use a larger preset or shorter texts")
 
     def __len__(self) -> int:
@@ -123,6 +137,11 @@ class ProgEmuExamples:
         interpretation = self.interpretation_ids[index]
         if self.config.mode != "image" and rng.random() < self.config.sentence_shuffle:
             interpretation = self._encode(shuffle_sentences(self.pairs[index].interpretation, rng))
+        if self.config.identity_pairs > 0 and rng.random() < self.config.identity_pairs:
+            prior = self.codes[str(self.pairs[index].prior_image)]
+            prompt, interpretation = self.identity_ids
+            return self.layout.build(prior, prompt, prior, interpretation, mode=self.config.mode,
+                                     loss_on=self.config.loss_on, null_condition=null)
         return self._build(index, null, interpretation)
 
 
@@ -152,10 +171,12 @@ def epoch_batches(lengths: Sequence[int], global_batch: int, seed: int, epoch: i
     return batches
 
 
-def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int, layout: TokenLayout | None = None):
     """Right-pad ``(input_ids, labels)`` pairs -> dict of ``long [B, T]`` tensors.
 
     ``input_ids`` padded with ``pad_id``, ``labels`` with -100, ``attention_mask`` 1 on real tokens.
+    With an aligned ``layout`` a ``position_ids`` tensor is added (pads continue counting; they
+    are masked and unlabelled, so their positions never matter).
     """
     import torch
 
@@ -167,4 +188,12 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         labels[row, : len(labs)] = torch.tensor(labs, dtype=torch.long)
         mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+    if layout is not None and layout.aligned:
+        positions = torch.arange(width, dtype=torch.long).repeat(len(examples), 1)
+        for row, (ids, _) in enumerate(examples):
+            aligned = torch.from_numpy(layout.position_ids(ids))
+            positions[row, : len(ids)] = aligned
+            positions[row, len(ids):] = aligned[-1] + 1 + torch.arange(width - len(ids))
+        batch["position_ids"] = positions
+    return batch

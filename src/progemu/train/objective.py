@@ -31,7 +31,7 @@ __all__ = ["TargetLoss"]
 class TargetLoss(nn.Module):
     """Wraps an ``Emu3ForCausalLM`` so that DDP / FSDP see one ``forward`` returning loss sums.
 
-    ``forward(input_ids long[B,T], attention_mask long[B,T], labels long[B,T])`` ->
+    ``forward(input_ids long[B,T], attention_mask long[B,T], labels long[B,T], position_ids long[B,T] | None)`` ->
     ``float32 [5]``: (CE sum over all labelled tokens, count, CE sum over visual-token labels,
     count of visual-token labels, the optimised sum = text CE + ``visual_loss_weight`` x visual CE).
     Labels are unshifted (label t is the token at t); the prediction for label t comes from position t-1.
@@ -46,8 +46,10 @@ class TargetLoss(nn.Module):
         self.visual_offset = int(visual_offset)
         self.visual_end = int(visual_offset) + int(codebook_size)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
         logits = self.model.lm_head(hidden[:, :-1][selected])

@@ -34,7 +34,7 @@ import torch
 
 from progemu.model.checkpoint import PROGEMU_META, save_checkpoint
 from progemu.model.presets import get_preset
-from progemu.train.data import DataConfig, ProgEmuExamples, collate, epoch_batches, load_codes
+from progemu.train.data import DataConfig, ProgEmuExamples, collate, epoch_batches, identity_texts, load_codes
 from progemu.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, shutdown, wrap_model
 from progemu.train.objective import TargetLoss
 from progemu.train.optim import OptimConfig, build_optimizer, build_scheduler
@@ -59,6 +59,8 @@ class TrainConfig:
     text_tokenizer: str | None = None
     bpe_vocab_size: int | None = None
     data_config: DataConfig = dataclasses.field(default_factory=DataConfig)
+    positions: str = "sequential"  # sequential (the paper) | aligned (follow-up cell (i, j) at a fixed offset from prior (i, j))
+    prompt_budget: int = 128  # aligned: prompt tokens that fit before the follow-up image
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     epochs: int = 30
     max_steps: int | None = None
@@ -100,6 +102,17 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _run_layout(bundle, config: TrainConfig):
+    """The run's layout: a resumed run keeps its saved positions (a different ``--positions`` is refused)."""
+    if bundle.source.startswith("resume:"):
+        if bundle.layout.positions != config.positions or (bundle.layout.aligned and bundle.layout.prompt_budget != config.prompt_budget):
+            raise ValueError(f"--positions {config.positions} (prompt budget {config.prompt_budget}) differs from the run being "
+                             f"resumed ({bundle.layout.positions}, budget {bundle.layout.prompt_budget}); resume with the "
+                             "run's own settings or choose another --out")
+        return bundle.layout
+    return bundle.layout.with_positions(config.positions, config.prompt_budget)
+
+
 class Trainer:
     """Holds a run's state; :meth:`run` trains to the end. Use :func:`train` from code."""
 
@@ -134,10 +147,12 @@ class Trainer:
         barrier(info)
         if not info.is_main:
             self.codes = load_codes(config.data, self.pairs, self.image_tokenizer, encode_missing=False)
-        bundle = build_model_bundle(image_tokenizer=self.image_tokenizer, preset=config.preset, texts=training_texts(self.pairs),
+        texts = training_texts(self.pairs) + identity_texts(config.data_config)
+        bundle = build_model_bundle(image_tokenizer=self.image_tokenizer, preset=config.preset, texts=texts,
                                     seed=config.seed, resume_dir=resume_dir, init=config.init,
                                     text_tokenizer_dir=config.text_tokenizer, bpe_vocab_size=config.bpe_vocab_size)
-        self.model, self.text_tokenizer, self.layout = bundle.model, bundle.text_tokenizer, bundle.layout
+        self.model, self.text_tokenizer = bundle.model, bundle.text_tokenizer
+        self.layout = _run_layout(bundle, config)
         self.log(f"model from {bundle.source}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, "
                  f"{len(self.pairs)} {config.data_config.split} pairs, mode {config.data_config.mode}, device {info.device}")
         self.examples = ProgEmuExamples(self.pairs, self.codes, self.text_tokenizer, self.layout, config.data_config,
@@ -250,7 +265,7 @@ class Trainer:
         sums = torch.zeros(5, dtype=torch.float64)
         micro_batches = [examples[i:i + self.micro] for i in range(0, len(examples), self.micro)]
         for k, micro in enumerate(micro_batches):
-            tensors = {key: value.to(info.device) for key, value in collate(micro, self.layout.pad_id).items()}
+            tensors = {key: value.to(info.device) for key, value in collate(micro, self.layout.pad_id, self.layout).items()}
             with no_sync(self.module, info, k == len(micro_batches) - 1):
                 with torch.autocast(info.device.type, dtype=self.autocast, enabled=self.autocast is not None):
                     out = self.module(**tensors)

@@ -42,7 +42,7 @@ def heldout_loss(loaded, pairs: Sequence[Any], codes: dict, *, batch_size: int =
         examples = ProgEmuExamples(pairs, codes, loaded.text_tokenizer, layout, config)
         sums = torch.zeros(5, dtype=torch.float64)
         for start in range(0, len(examples), batch_size):
-            batch = collate([examples.example(i, 0) for i in range(start, min(start + batch_size, len(examples)))], layout.pad_id)
+            batch = collate([examples.example(i, 0) for i in range(start, min(start + batch_size, len(examples)))], layout.pad_id, layout)
             sums += wrapped(**{k: v.to(device) for k, v in batch.items()}).to("cpu", torch.float64)
         text = sums[1] - sums[3]
         result[name] = {"loss": float(sums[0] / sums[1]),

@@ -5,6 +5,10 @@ run killed at any instant (SIGKILL included) leaves either the old file or the
 complete new one, never a truncated file: data is written to a temporary file
 in the same directory, flushed and fsync'ed, then renamed over the target
 (``os.replace`` is atomic on POSIX within one filesystem).
+
+``tempfile.mkstemp`` creates its file owner-only (0600) whatever the umask; the helpers give
+the file the mode ``open()`` would have (``0666 & ~umask``, e.g. 0644) before it is renamed into
+place, so outputs can be read by a colleague or a web server as the process umask allows.
 """
 from __future__ import annotations
 
@@ -22,14 +26,62 @@ __all__ = [
     "atomic_save_png",
     "append_jsonl",
     "read_jsonl",
+    "file_mode",
+    "make_temp_file",
+    "match_umask",
 ]
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once (not atomic across threads)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permission bits a new regular file gets from ``open()`` under the current umask."""
+    return 0o666 & ~_current_umask()
+
+
+def match_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or every file under a folder) the umask's file mode.
+
+    For files written by libraries that create them owner-only (``safetensors.save_file``
+    writes 0600): call it on the file or folder before it is renamed into place.
+    """
+    path = Path(path)
+    mode = file_mode()
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    for file in files:
+        if file.stat().st_mode & 0o777 != mode:
+            os.chmod(file, mode)
+
+
+def make_temp_file(path: Path) -> tuple[int, str]:
+    """``mkstemp`` beside ``path`` (same filesystem, so ``os.replace`` is atomic), with :func:`file_mode`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (tmp file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = make_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
