@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anchor", type=float, default=None, help="override the model's anchor")
     parser.add_argument("--cfg", type=float, default=None, help="override the model's image CFG scale")
     parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--gen-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other sampling setting, e.g. top_k=64 (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     pipe = ProgEmuPipeline.from_pretrained(model_dir)
     sampling = {k: v for k, v in {"anchor": args.anchor, "cfg_scale": args.cfg, "temperature": args.temperature}.items()
                 if v is not None}
+    for option in args.gen_option:
+        key, _, value = option.partition("=")
+        sampling[key] = float(value) if "." in value or "e" in value else int(value)
     started = time.perf_counter()
     priors = [read_image(p) for p in paths]
     keep = pipe.generate_batch(priors, [KEEP_PROMPT] * len(priors), seed=args.seed, **sampling)

@@ -197,3 +197,37 @@ def test_training_batch_positions_and_loss_match_a_plain_forward(layout, model):
     with torch.no_grad():
         other = float(TargetLoss(model, layout.visual_offset, layout.codebook_size)(**plain)[0])
     assert other != pytest.approx(total, rel=1e-4)
+
+
+def test_text_mode_of_the_cascade_uses_aligned_positions(sampler, model, layout):
+    """ProgEmu²'s text half reads prior + prompt + follow-up: greedy cached text == full recompute."""
+    prefixes, nulls = [], []
+    for seed in range(2):
+        generator = torch.Generator().manual_seed(seed)
+        prompt = torch.randint(0, N_TEXT, (2 + 3 * seed,), generator=generator).tolist()
+        follow = prior_codes(layout, seed + 50)
+        prefixes.append(layout.prefix(prior_codes(layout, seed), prompt, followup_codes=follow))
+        nulls.append(layout.null_prefix(followup_codes=follow))
+    settings = dataclasses.replace(GREEDY, cfg_text_scale=2.0)
+    out = sampler.generate(prefixes, mode="text", settings=settings, null_prefixes=nulls)
+    allowed = torch.zeros(layout.vocab_size, dtype=torch.bool)
+    allowed[allowed_text_ids(layout)] = True
+
+    def logits_after(sequence):
+        ids = torch.tensor([sequence])
+        positions = torch.from_numpy(layout.position_ids(sequence))[None]
+        with torch.inference_mode():
+            return model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions).logits[0, -1]
+
+    for prefix, null, got in zip(prefixes, nulls, out.sequences):
+        cond, uncond, expected = list(prefix), list(null), []
+        for _ in range(settings.max_text_tokens):
+            c, u = logits_after(cond), logits_after(uncond)
+            guided = (u + settings.cfg_text_scale * (c - u)).masked_fill(~allowed, float("-inf"))
+            token = int(torch.argmax(guided))
+            expected.append(token)
+            cond.append(token)
+            uncond.append(token)
+            if token == layout.eos_id:
+                break
+        assert got[0] == expected

@@ -34,7 +34,7 @@ def test_retrain_on_a_miniature_world_then_resume_skips_every_stage(tmp_path, ca
     assert not list((assets / "model").glob("checkpoints"))  # training state is not shipped
     # the sampling settings of the evaluation travel with the weights
     assert json.loads((assets / "model" / "progemu.json").read_text())["sampling"] == {
-        "cfg_scale": 3.0, "temperature": 0.7, "top_k": 16, "text_temperature": 0.0}
+        "cfg_scale": 3.0, "temperature": 0.7, "top_k": 16, "text_temperature": 0.0, "anchor": 0.0}
     capsys.readouterr()
     assert main(argv[:-2]) == 0  # everything done: every stage is skipped
     log = capsys.readouterr().out

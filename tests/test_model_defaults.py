@@ -15,7 +15,8 @@ import pytest
 from progemu.generate.model_defaults import (DEMO_MODEL_DIR, read_sampling_defaults, resolve_model_dir,
                                              write_sampling_defaults)
 
-DEMO_SETTINGS = {"cfg_scale": 3.0, "temperature": 0.7, "top_k": 64, "text_temperature": 0.0}
+#: what the committed demo model was evaluated with (MANIFEST.json); anchor 0 (off) where the manifest predates it
+DEMO_SETTINGS = {"cfg_scale": 3.0, "temperature": 0.7, "top_k": 64, "text_temperature": 0.0, "anchor": 0.0}
 needs_demo = pytest.mark.skipif(not (DEMO_MODEL_DIR / "progemu.json").exists(), reason="no committed demo weights")
 
 
@@ -24,10 +25,10 @@ def test_the_committed_demo_model_carries_the_settings_the_demo_evaluates_with()
     from progemu.demo import DemoConfig, sampling_settings
 
     assert read_sampling_defaults(DEMO_MODEL_DIR) == DEMO_SETTINGS
-    assert sampling_settings(DemoConfig()) == DEMO_SETTINGS
+    assert sampling_settings(DemoConfig()) == DEMO_SETTINGS  # what `make demo` evaluates the committed model with
     manifest = json.loads((DEMO_MODEL_DIR.parent / "MANIFEST.json").read_text())["config"]
     assert {"cfg_scale": manifest["cfg"], "temperature": manifest["temperature"], "top_k": manifest["top_k"],
-            "text_temperature": manifest["text_temperature"]} == DEMO_SETTINGS
+            "text_temperature": manifest["text_temperature"], "anchor": manifest.get("anchor", 0.0)} == DEMO_SETTINGS
 
 
 def test_demo_means_the_packaged_model_unless_a_folder_of_that_name_exists(tmp_path, monkeypatch):

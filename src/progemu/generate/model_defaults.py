@@ -3,7 +3,7 @@
 **Sampling settings travel with the weights.** A checkpoint's ``progemu.json`` may hold a
 ``"sampling"`` object: the :class:`~progemu.generate.sampler.SamplingSettings` fields the model
 was evaluated with (the committed demo model: ``{"cfg_scale": 3.0, "temperature": 0.7,
-"top_k": 64, "text_temperature": 0.0}``) and, under ``"sampling_note"``, where they come from.
+"top_k": 64, "text_temperature": 0.0, "anchor": 0.0}``) and, under ``"sampling_note"``, where they come from.
 ``ProgEmuPipeline.from_pretrained``, ``progemu generate`` and ``progemu serve`` start from these
 values; keywords and flags override them one by one; every ``result.json`` records the
 settings actually used. Fields missing from ``"sampling"`` keep the official inference

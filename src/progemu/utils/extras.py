@@ -110,7 +110,7 @@ def missing_for(command: str, argv: Sequence[str] = ()) -> list[str]:
     if command == "curate" and _flag_value(argv, "--annotator") == "llm":
         needs.append("openai")
     if command == "evaluate" and argv and argv[0] == "train-evaluators":
-        needs = ["torch", "safetensors", "open_clip"]
+        needs = ["torch", "torchvision", "safetensors", "torchxrayvision", "open_clip"]
     return [module for module in dict.fromkeys(needs) if not _installed(module)]
 
 
