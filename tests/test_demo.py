@@ -33,8 +33,9 @@ def test_retrain_on_a_miniature_world_then_resume_skips_every_stage(tmp_path, ca
     assert (assets / "model" / "progemu.json").exists() and (assets / "evaluators" / "evaluators.json").exists()
     assert not list((assets / "model").glob("checkpoints"))  # training state is not shipped
     # the sampling settings of the evaluation travel with the weights
-    assert json.loads((assets / "model" / "progemu.json").read_text())["sampling"] == {
-        "cfg_scale": 3.0, "temperature": 0.7, "top_k": 16, "text_temperature": 0.0, "anchor": 0.0}
+    meta = json.loads((assets / "model" / "progemu.json").read_text())
+    assert meta["sampling"] == {"cfg_scale": 3.0, "temperature": 0.7, "top_k": 16, "text_temperature": 0.0, "anchor": 2.0}
+    assert meta["layout"]["followup_position"] > 0  # the demo's recipe: aligned positions
     capsys.readouterr()
     assert main(argv[:-2]) == 0  # everything done: every stage is skipped
     log = capsys.readouterr().out

@@ -238,8 +238,9 @@ def test_the_wheel_declares_the_dependencies_and_carries_licence_and_demo_weight
     for asset in ("model/model.safetensors", "model/image_tokenizer/model.safetensors", "evaluators/evaluators.json",
                   "MANIFEST.json"):
         assert f"progemu/assets/demo/{asset}" in names, asset
-    assert demo_meta["sampling"] == {"cfg_scale": 3.0, "temperature": 0.7, "top_k": 64, "text_temperature": 0.0,
-                                     "anchor": 0.0}
+    from progemu.demo import DemoConfig, sampling_settings
+
+    assert demo_meta["sampling"] == sampling_settings(DemoConfig())  # the settings the demo evaluates with
 
 
 @pytest.mark.slow
