@@ -4,13 +4,15 @@
    ours (scipy ``sqrtm``) vs torchmetrics' ``_compute_fid`` (reference), time and |difference|.
 2. Text metrics on 760 real Open-i report pairs (torchxrayvision's bundled reports): our
    ``TextScorer`` (one METEOR JVM, in-process tokenisation) vs the usual COCO-caption path
-   (``PTBTokenizer`` JVM + a new ``Meteor()`` JVM per call), time and values.
+   (``PTBTokenizer`` JVM + a new ``Meteor()`` JVM per call), time and values; and the ``nltk``
+   backend (NLTK METEOR, rouge_score ROUGE-L) on the same pairs.
 3. Synthetic-world evaluators: training time on a world's training split and quality on a
    second, independent world (held out): classifier macro AUROC on follow-up images, CLIP
    matched-vs-mismatched prompt gap (100 x cosine) and median rank of the true prompt.
 4. ``evaluate`` wall time with the reference rows (copy-prior, oracle) on the first world's test split.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_evaluate.py --data DS --heldout DS2 [--work DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_evaluate.py --text-only     # part 2 alone
 
 ``--data`` / ``--heldout``: curated datasets (e.g. ``progemu synth --patients 200 --image-size 256`` +
 ``progemu curate --image-size 256``; the held-out world with another ``--seed``).
@@ -88,8 +90,15 @@ def bench_text(n: int = 760) -> dict:
     meteor, _ = Meteor().compute_score(gts, res)
     rouge, _ = Rouge().compute_score(gts, res)
     reference_s = time.perf_counter() - start
+    # the nltk backend (NLTK METEOR with packaged WordNet, rouge_score ROUGE-L), as Hugging Face evaluate computes it
+    start = time.perf_counter()
+    with TextScorer(backend="nltk") as scorer:
+        nltk_scores = scorer.score(candidates, references)
+        nltk_backend = scorer.description()
+    nltk_s = time.perf_counter() - start
     return {"n": n, "ours": ours, "coco_path": {"BLEU-3": bleu[2], "METEOR": meteor, "ROUGE-L": rouge},
-            "ours_s": ours_s, "coco_path_s": reference_s}
+            "ours_s": ours_s, "coco_path_s": reference_s, "nltk": nltk_scores, "nltk_s": nltk_s,
+            "nltk_backend": nltk_backend}
 
 
 def bench_evaluators(data: str, heldout: str, work: Path) -> dict:
@@ -135,10 +144,16 @@ def bench_evaluate(data: str, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--heldout", required=True)
+    parser.add_argument("--data")
+    parser.add_argument("--heldout")
     parser.add_argument("--work")
+    parser.add_argument("--text-only", action="store_true", help="only part 2 (text metrics on Open-i), no dataset needed")
     args = parser.parse_args()
+    if args.text_only:
+        print(json.dumps(bench_text(), indent=1))
+        return
+    if not args.data or not args.heldout:
+        parser.error("--data and --heldout are required (unless --text-only)")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-evaluate-"))
     results = {"fid": bench_fid()}
     print(json.dumps(results["fid"], indent=1), flush=True)

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 {
   cat bench/HEADER.md
-  for stage in synth synth_real curate annotate tokenizer keep_patient train generate evaluate demo serve; do
+  for stage in synth synth_real curate annotate tokenizer keep_patient train generate evaluate demo baselines serve convert; do
     f=bench/results/$stage.md
     [ -f "$f" ] || continue
     echo

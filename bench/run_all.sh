@@ -12,4 +12,5 @@ $PY bench/bench_train.py --threads 1 --steps 6
 $PY bench/bench_generate.py --requests 8 --batch 8
 $PY bench/bench_evaluate.py
 $PY bench/bench_serve.py --repeats 5
+OMP_NUM_THREADS=1 $PY bench/bench_convert.py --layers 2 --out bench/results/convert.md
 bash bench/collect.sh

@@ -231,3 +231,54 @@ def test_text_mode_of_the_cascade_uses_aligned_positions(sampler, model, layout)
             if token == layout.eos_id:
                 break
         assert got[0] == expected
+
+
+def test_dual_guidance_equals_a_full_recompute_of_three_branches(sampler, model, layout):
+    """Image logits ``u + s_image (p - u) + s_prompt (c - p)`` with p the prior-only branch, greedy, vs a plain forward."""
+    prompts = [torch.randint(0, N_TEXT, (2 + 3 * seed,), generator=torch.Generator().manual_seed(seed)).tolist()
+               for seed in range(2)]
+    priors = [prior_codes(layout, seed) for seed in range(2)]
+    prefixes = [layout.prefix(p, prompt) for p, prompt in zip(priors, prompts)]
+    prior_only = [layout.prefix(p, []) for p in priors]
+    settings = dataclasses.replace(GREEDY, cfg_scale=1.5, cfg_prompt_scale=4.0)
+    out = sampler.generate(prefixes, mode="image", settings=settings, prior_prefixes=prior_only)
+
+    def logits_after(sequence):
+        ids = torch.tensor([sequence])
+        positions = torch.from_numpy(layout.position_ids(sequence))[None]
+        with torch.inference_mode():
+            return model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions).logits[0, -1]
+
+    visual = slice(layout.visual_offset, layout.visual_offset + layout.codebook_size)
+    h, w = layout.grid
+    for prefix, only, got in zip(prefixes, prior_only, out.sequences):
+        branches = [list(prefix) + layout.image_header(), layout.null_prefix() + layout.image_header(),
+                    list(only) + layout.image_header()]
+        codes = []
+        for cell in range(h * w):
+            c, u, p = (logits_after(b)[visual] for b in branches)
+            code = int(torch.argmax(u + settings.cfg_scale * (p - u) + settings.cfg_prompt_scale * (c - p)))
+            codes.append(code)
+            fed = [code + layout.visual_offset] + ([layout.eol_id] if cell % w == w - 1 else [])
+            for branch in branches:
+                branch.extend(fed)
+        np.testing.assert_array_equal(layout.parse(got[0])[0], np.array(codes).reshape(h, w))
+
+
+def test_dual_guidance_at_scale_one_is_plain_and_at_equal_scales_is_single_cfg(sampler, layout):
+    priors = [prior_codes(layout, seed) for seed in range(3)]
+    prefixes = [tiny_prefix(layout, seed, prompt_length=2 + 4 * seed) for seed in range(3)]
+    prior_only = [layout.prefix(p, []) for p in priors]
+    settings = SamplingSettings(temperature=1.0, top_k=12, max_text_tokens=8)
+    plain = sampler.generate(prefixes, samples=2, seeds=[1, 2, 3], settings=settings)
+    dual_one = sampler.generate(prefixes, samples=2, seeds=[1, 2, 3], prior_prefixes=prior_only,
+                                settings=dataclasses.replace(settings, cfg_prompt_scale=1.0))
+    assert plain.sequences == dual_one.sequences
+    single = sampler.generate(prefixes, samples=2, seeds=[1, 2, 3], settings=dataclasses.replace(GREEDY, cfg_scale=2.5))
+    dual = sampler.generate(prefixes, samples=2, seeds=[1, 2, 3], prior_prefixes=prior_only,
+                            settings=dataclasses.replace(GREEDY, cfg_scale=2.5, cfg_prompt_scale=2.5))
+    assert single.sequences == dual.sequences  # the prior-only logits cancel
+    with pytest.raises(ValueError, match="prior_prefixes"):
+        sampler.generate(prefixes, settings=dataclasses.replace(GREEDY, cfg_prompt_scale=2.0))
+    with pytest.raises(ValueError, match="cfg_prompt_scale"):
+        SamplingSettings(cfg_prompt_scale=float("nan")).validate()

@@ -309,3 +309,38 @@ def test_identity_pairs_copy_the_prior_with_the_no_change_texts(world):
             normal += ids == as_pair
     assert identity > 0 and normal > 0
     assert abs(identity / (identity + normal) - 0.5) < 0.25
+
+
+def test_prompt_only_dropout_keeps_the_prior_and_leaves_other_draws_alone(world):
+    """Dual guidance's prior-only branch: prompt removed, prior image and target kept; its own random stream."""
+    import dataclasses
+
+    from progemu.data.icgcxr import load_pairs
+    from progemu.model.layout import TokenLayout
+    from progemu.model.text_tokenizer import train_text_tokenizer
+    from progemu.tokenizer.vqvae import ImageTokenizer
+    from progemu.train.data import DataConfig, ProgEmuExamples, load_codes
+    from generate_fixtures import TEXTS
+
+    pairs = load_pairs(world["data"])
+    tokenizer = ImageTokenizer.from_pretrained(world["tokenizer"])
+    codes = load_codes(world["data"], pairs, tokenizer, progress=False)
+    base = DataConfig(prompt_dropout=0.2, sentence_shuffle=0.0)
+    text = train_text_tokenizer(TEXTS, codebook_size=tokenizer.codebook_size, vocab_size=300)
+    layout = TokenLayout.from_tokenizer(text, tokenizer.grid, tokenizer.codebook_size)
+    plain = ProgEmuExamples(pairs, codes, text, layout, base, seed=5)
+    dropped = ProgEmuExamples(pairs, codes, text, layout, dataclasses.replace(base, prompt_only_dropout=0.5), seed=5)
+    encode = lambda t: text.encode(t, add_special_tokens=False)  # noqa: E731
+    counts = {"prior_only": 0, "same": 0}
+    for index, pair in enumerate(pairs):
+        prior, follow = codes[str(pair.prior_image)], codes[str(pair.followup_image)]
+        prior_only = layout.build(prior, [], follow, encode(pair.interpretation))
+        for epoch in range(4):
+            expected, got = plain.example(index, epoch), dropped.example(index, epoch)
+            if got == expected:
+                counts["same"] += 1
+            else:
+                assert got == prior_only  # a null (fully dropped) example is never changed
+                counts["prior_only"] += 1
+    total = sum(counts.values())
+    assert counts["prior_only"] > 0 and abs(counts["prior_only"] / total - 0.5 * 0.8) < 0.2

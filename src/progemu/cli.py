@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("progemu.evaluate.cli", "Table-1 metrics, figures and an HTML report on a split"),
     "demo": ("progemu.demo", "the main job: synthetic world -> curate -> tokenizer -> train -> evaluate -> report"),
     "serve": ("progemu.serve.cli", "web page for clinicians and teachers (Gradio)"),
+    "convert": ("progemu.convert.cli", "the released ProgEmu / BAAI Emu3 weights (BAAI's format) as a progemu checkpoint"),
+    "baseline": ("progemu.baseline.cli", "the paper's diffusion baselines: `baseline train` InstructPix2Pix / PIE, `baseline generate`"),
 }
 
 

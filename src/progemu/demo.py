@@ -1,7 +1,7 @@
 """``progemu demo``: the main job on the embedded synthetic world, end to end.
 
     synth -> curate (rules annotator) -> [tokenizer train -> tokenize -> train (joint + ProgEmu² halves)
-    -> train-evaluators] -> evaluate -> DIR/eval/report.html
+    -> baseline train (InstructPix2Pix, PIE) -> train-evaluators] -> evaluate -> DIR/eval/report.html
 
 By default the bracketed training stages are skipped and the small demo weights committed
 under ``progemu/assets/demo/`` are used (they were made by ``progemu demo --retrain
@@ -68,6 +68,11 @@ class DemoConfig:
     # logit bonus for the prior's code at the same cell (progemu generate --anchor); 2 keeps the patient and shows
     # changes better than 0 or 4 on the demo test split (BENCHMARKS.md "keeping the patient")
     anchor: float = 2.0
+    # the paper's diffusion baselines as rows of the demo table (progemu baseline): InstructPix2Pix and PIE (its
+    # region mask from the world's ground truth); trained with --train-batch-size for baseline_steps steps
+    # (None = --train-steps: the same number of steps and pairs per step as ProgEmu)
+    baselines: bool = True
+    baseline_steps: int | None = None
 
 
 #: which demo stage each setting feeds (a changed setting invalidates that stage and every later one);
@@ -80,6 +85,7 @@ STAGE_OF_SETTING = {
     "visual_loss_weight": "weights", "train_device": "weights", "cascade_steps": "weights",
     "max_eval_pairs": "evaluate", "cfg": "evaluate", "temperature": "evaluate", "top_k": "evaluate",
     "text_temperature": "evaluate",
+    "baselines": "weights", "baseline_steps": "weights",
 }
 _SPEED_ONLY = ("workers",)
 #: stage -> the folders under OUT it writes, in pipeline order
@@ -96,6 +102,7 @@ def demo_identity(config: DemoConfig) -> dict:
     if not config.retrain and _assets_present(ASSETS_DIR):
         assets = {"model": checkpoint_identity(ASSETS_DIR / "model"),
                   "evaluators": checkpoint_identity(ASSETS_DIR / "evaluators")}
+        assets.update({f"baseline {m}": checkpoint_identity(d) for m, d in _baseline_dirs(ASSETS_DIR, config).items()})
     return {"settings": settings, "assets": assets}
 
 
@@ -173,6 +180,31 @@ def _assets_present(root: Path) -> bool:
     return (root / "model" / "progemu.json").exists() and (root / "evaluators").is_dir()
 
 
+#: the diffusion baselines of the demo table, trained under WEIGHTS/baselines/<method>
+BASELINE_METHODS = ("instructpix2pix", "pie")
+
+
+def _baseline_dirs(weights: Path, config: DemoConfig) -> dict[str, Path]:
+    """method -> its finished baseline folder under ``weights/baselines`` (missing ones left out)."""
+    if not config.baselines:
+        return {}
+    folders = {m: weights / "baselines" / m for m in BASELINE_METHODS}
+    return {m: d for m, d in folders.items() if (d / "baseline.json").exists()}
+
+
+def _train_baselines(weights: Path, data: Path, config: DemoConfig, log: list) -> None:
+    """``progemu baseline train`` for each method, resumed when a killed demo left checkpoints."""
+    steps = config.baseline_steps or config.train_steps
+    for method in BASELINE_METHODS:
+        target = weights / "baselines" / method
+        argv = ["baseline", "train", "--method", method, "--data", str(data), "--out", str(target), "--max-steps",
+                str(steps), "--batch-size", str(config.train_batch_size), "--device", config.train_device,
+                "--seed", str(config.seed), "--image-size", str(config.image_size)]
+        if (target / "checkpoints").is_dir():
+            argv.append("--resume")
+        _stage(f"train {method}", target / "baseline.json", _command_main("baseline"), argv, log)
+
+
 def sampling_settings(config: DemoConfig) -> dict:
     """The sampling settings the demo evaluates with (saved with the demo weights as their defaults)."""
     return {"cfg_scale": config.cfg, "temperature": config.temperature, "top_k": config.top_k,
@@ -235,6 +267,8 @@ def run_demo(out: str | Path, config: DemoConfig, save_assets: Path | None = Non
         for name in models:  # the settings the evaluation below uses travel with the weights
             write_sampling_defaults(weights / name, sampling_settings(config),
                                     note="progemu demo: the settings of the demo evaluation (demo_config.json)")
+        if config.baselines:
+            _train_baselines(weights, data, config, log)
         _stage("train-evaluators", weights / "evaluators" / "evaluators.json", _command_main("evaluate"),
                ["evaluate", "train-evaluators", "--data", str(data), "--out", str(weights / "evaluators"),
                 "--image-size", size, "--seed", str(config.seed)], log)
@@ -254,6 +288,8 @@ def run_demo(out: str | Path, config: DemoConfig, save_assets: Path | None = Non
             "--gen-option", f"anchor={config.anchor}"]
     if config.cascade and (weights / "cascade-image" / "progemu.json").exists():
         argv += ["--cascade-image", str(weights / "cascade-image"), "--cascade-text", str(weights / "cascade-text")]
+    for method, directory in _baseline_dirs(weights, config).items():
+        argv += ["--baseline", f"{method}={directory}"]
     if config.max_eval_pairs:
         argv += ["--max-pairs", str(config.max_eval_pairs)]
     if verbose:
@@ -279,6 +315,13 @@ def _save_assets(out: Path, weights: Path, target: Path, config: DemoConfig) -> 
         raise SystemExit("--save-assets needs --retrain (it stores freshly trained weights)")
     target.mkdir(parents=True, exist_ok=True)
     names = ["model", "evaluators"] + (["cascade-image", "cascade-text"] if config.cascade else [])
+    if config.baselines:  # fp16 copies: a few MB each (loaded back as float32)
+        from progemu.baseline.config import SampleConfig
+        from progemu.baseline.model import copy_model
+        from progemu.utils.config import config_to_dict
+
+        for method, directory in _baseline_dirs(weights, config).items():  # with the sampling settings evaluated
+            copy_model(directory, target / "baselines" / method, fp16=True, sampling=config_to_dict(SampleConfig()))
     for name in names:
         source = weights / name
         if target.joinpath(name).exists():
@@ -331,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device of the model training stages (auto = CUDA when available)")
     parser.add_argument("--max-eval-pairs", type=positive_int, default=None,
                         help="evaluate only the first N test pairs (default: all)")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="leave out the diffusion baseline rows (InstructPix2Pix, PIE with oracle masks)")
+    parser.add_argument("--baseline-steps", type=positive_int, default=None,
+                        help="with --retrain: optimiser steps of each diffusion baseline (default: --train-steps)")
     parser.add_argument("--anchor", type=float_range(0), default=defaults.anchor,
                         help="logit bonus for the prior's code at the same cell in the evaluation (0 = off)")
     parser.add_argument("--positions", choices=("sequential", "aligned"), default=defaults.positions,
@@ -366,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                         cascade_steps=args.cascade_steps, max_eval_pairs=args.max_eval_pairs, cfg=args.cfg,
                         temperature=args.temperature, top_k=args.top_k, text_temperature=args.text_temperature,
                         anchor=args.anchor, positions=args.positions, identity_pairs=args.identity_pairs,
+                        baselines=not args.no_baselines, baseline_steps=args.baseline_steps,
                         tokenizer_consistency=args.tokenizer_consistency, anatomy=args.anatomy)
     from progemu.utils.checks import UsageError, check_out_dir
     from progemu.utils.lock import OutputLockedError, output_lock

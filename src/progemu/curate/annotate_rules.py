@@ -16,10 +16,22 @@ Steps (each a pure function, so the annotator is thread-safe):
    :mod:`progemu.curate.progression_text`;
 5. the **confidence** (1..5) is ``1 + 4 x`` the fraction of sentences understood, minus penalties
    for contradictions, missing sections and changes inferred from a report's silence.
+
+Identical or near-identical reports (word-sequence similarity >= :data:`NEAR_IDENTICAL`, e.g. a
+case-level note copied to both studies) do not describe this interval with the sentences they share:
+a change word ("has worsened") in a follow-up sentence that the prior report also holds refers to an
+earlier study. For such reports those change words are ignored, so the change is inferred from the
+two texts (identical reports give "... is unchanged" / "No significant interval change."), and when
+one was ignored the confidence is at most 2 (1 when identical), below curation's default filter.
+
+The paper's annotator is GPT-4 (``--annotator llm``); this one makes the pipeline runnable offline
+and on the synthetic world. Given credentialed real reports it logs a warning saying so.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import re
 
 from progemu.curate.annotation import Annotation, ReportText
@@ -27,9 +39,12 @@ from progemu.curate.mentions import Mention, ParsedReport, parse_report, severit
 from progemu.curate.progression_text import render_interpretation, render_prompt
 
 __all__ = ["RulesAnnotator", "RulesAnalysis", "Change", "FindingState", "RULES_VERSION", "section_state", "diff_states",
-           "render_prompt", "render_interpretation"]
+           "render_prompt", "render_interpretation", "report_similarity", "NEAR_IDENTICAL"]
 
 RULES_VERSION = "rules-v1"
+#: prior / follow-up reports at least this similar (difflib ratio of their word sequences) are one note copied twice
+NEAR_IDENTICAL = 0.9
+log = logging.getLogger(__name__)
 _KIND_ORDER = ("new", "placed", "increased", "decreased", "repositioned", "resolved", "removed", "unchanged")
 
 
@@ -285,8 +300,11 @@ class RulesAnnotator:
     name = "rules"
     version = RULES_VERSION
 
-    def __init__(self) -> None:
-        pass
+    def __init__(self, credentialed: bool = False) -> None:
+        if credentialed:
+            log.warning("the rules annotator is running on credentialed real reports: it is an offline stand-in; the "
+                        "paper annotated ICG-CXR with GPT-4, which `progemu curate --annotator llm --llm-base-url URL "
+                        "--llm-model NAME` reproduces with an endpoint you may send the reports to")
 
     def analyse(self, prior: ReportText, followup: ReportText) -> "RulesAnalysis":
         """The structured result behind :meth:`annotate` (changes for prompt and interpretation)."""
@@ -294,6 +312,9 @@ class RulesAnnotator:
             "prior findings": parse_report(prior.findings), "prior impression": parse_report(prior.impression),
             "follow-up findings": parse_report(followup.findings), "follow-up impression": parse_report(followup.impression),
         }
+        similarity, ignored = report_similarity(prior, followup), 0
+        if similarity >= NEAR_IDENTICAL:  # one note copied to both studies: shared sentences say nothing of this interval
+            sections, ignored = _ignore_copied_changes(sections)
         states = {name: section_state(parsed) for name, parsed in sections.items()}
         conflicts = sum(count for _, count in states.values())
         prior_impression, prior_findings = states["prior impression"][0], states["prior findings"][0]
@@ -315,6 +336,8 @@ class RulesAnnotator:
             prompt_changes=_merge_sides(_union(impression_changes, findings_changes)),
             interpretation_changes=_merge_sides(_union(findings_changes, impression_changes)),
             conflicts=conflicts,
+            similarity=similarity,
+            ignored_change_words=ignored,
         )
 
     def annotate(self, prior: ReportText, followup: ReportText, record_id: str) -> Annotation:
@@ -322,6 +345,12 @@ class RulesAnnotator:
         analysis = self.analyse(prior, followup)
         confidence, reason = _confidence(analysis.sections, analysis.conflicts,
                                          analysis.prompt_changes + analysis.interpretation_changes)
+        if analysis.ignored_change_words:
+            identical = analysis.similarity >= 1.0
+            confidence = min(confidence, 1 if identical else 2)
+            reason = (f"Prior and follow-up reports are {'identical' if identical else 'near-identical'} "
+                      f"(similarity {analysis.similarity:.2f}): {analysis.ignored_change_words} change word(s) in "
+                      f"sentences both reports hold describe an earlier interval and were ignored. {reason}")
         return Annotation(
             prompt=render_prompt(analysis.prompt_changes),
             interpretation=render_interpretation(analysis.interpretation_changes),
@@ -336,6 +365,39 @@ class RulesAnalysis:
     prompt_changes: list[Change]
     interpretation_changes: list[Change]
     conflicts: int
+    similarity: float = 0.0  # report_similarity of the two reports
+    ignored_change_words: int = 0  # change words of copied sentences left out (near-identical reports)
+
+
+def _ignore_copied_changes(sections: dict[str, ParsedReport]) -> tuple[dict[str, ParsedReport], int]:
+    """The sections with the change words removed from follow-up sentences that the prior report also holds."""
+    def key(sentence: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9]+", sentence.lower()))
+
+    prior = {key(s) for name in ("prior findings", "prior impression") for s in sections[name].sentences}
+    out, ignored = dict(sections), 0
+    for name in ("follow-up findings", "follow-up impression"):
+        parsed = sections[name]
+        copied = {i for i, sentence in enumerate(parsed.sentences) if key(sentence) in prior}
+        mentions = []
+        for mention in parsed.mentions:
+            if mention.sentence in copied and mention.change is not None:
+                ignored += mention.change != "unchanged"
+                mention = dataclasses.replace(mention, change=None)
+            mentions.append(mention)
+        out[name] = dataclasses.replace(parsed, mentions=mentions)
+    return out, ignored
+
+
+def report_similarity(prior: ReportText, followup: ReportText) -> float:
+    """difflib ratio (0..1) of the two reports' lower-cased word sequences (findings then impression); 0 if one is empty."""
+    def words(report: ReportText) -> list[str]:
+        return re.findall(r"[a-z0-9]+", f"{report.findings} {report.impression}".lower())
+
+    a, b = words(prior), words(followup)
+    if not a or not b:
+        return 0.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
 def _fallback(main: dict, other: dict) -> dict:

@@ -129,7 +129,7 @@ def _make_annotator(config: CurateConfig, out: Path):
     from progemu.curate.annotation import make_annotator
 
     if config.annotator == "rules":
-        return make_annotator("rules")
+        return make_annotator("rules", credentialed=config.credentialed)
     if config.annotator == "llm":
         if not config.llm_base_url or not config.llm_model:
             raise ValueError("--annotator llm needs --llm-base-url and --llm-model (an OpenAI-compatible endpoint "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import zlib
@@ -46,7 +47,10 @@ __all__ = [
     "labels_to_json",
     "labels_from_json",
     "stable_fraction",
+    "read_pairs_list",
 ]
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.jsonl"
 #: source key -> folder name of the release
@@ -201,25 +205,90 @@ def write_manifest(root: str | Path, pairs: Iterable[Pair]) -> Path:
     return atomic_write_text(root / MANIFEST_NAME, "\n".join(lines) + ("\n" if lines else ""))
 
 
-def load_pairs(root: str | Path, split: str | None = None, *, check_files: bool = True) -> list[Pair]:
+def read_pairs_list(path: str | Path, root: str | Path) -> list[Path]:
+    """The pair JSON paths named by a pairs list (absolute, in the list's order, duplicates dropped).
+
+    The file is what the official code takes as ``--data_path`` / ``--meta_path``: a JSON list of
+    pair JSON paths, or ``{"prefix": DIR, "path_list": [...]}``. Relative paths are taken from
+    ``prefix`` when it is given and exists, else from the dataset ``root``. Raises
+    ``FileNotFoundError`` naming the list or the first listed pair JSON that does not exist, and
+    ``ValueError`` for a file that is not such a list.
+    """
+    path, root = Path(path), Path(os.path.abspath(root))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--pairs-list {path}: file not found; give a JSON list of pair JSON paths") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--pairs-list {path}: not readable JSON ({error})") from None
+    base = root
+    if isinstance(data, dict):
+        prefix = data.get("prefix")
+        base = Path(os.path.abspath(prefix)) if prefix and Path(prefix).is_dir() else root
+        data = data.get("path_list")
+    if not isinstance(data, list) or not data or not all(isinstance(item, str) and item for item in data):
+        raise ValueError(f"--pairs-list {path}: expected a non-empty JSON list of pair JSON paths "
+                         "(or {\"prefix\": DIR, \"path_list\": [...]})")
+    out: list[Path] = []
+    for item in dict.fromkeys(data):
+        json_path = Path(item) if Path(item).is_absolute() else base / item
+        if not json_path.is_file():
+            raise FileNotFoundError(f"--pairs-list {path}: pair JSON {json_path} (listed as {item!r}) not found")
+        out.append(Path(os.path.abspath(json_path)))
+    return out
+
+
+def _select_listed(pairs: list[Pair], listed: list[Path], root: Path, list_path: str | Path) -> list[Pair]:
+    """The pairs whose JSON is listed; listed JSONs the manifest lacks are read from disk."""
+    by_json = {Path(os.path.abspath(p.json_path)): p for p in pairs if p.json_path is not None}
+    chosen = []
+    for json_path in listed:
+        try:
+            json_path.relative_to(root)
+        except ValueError:
+            raise ValueError(f"--pairs-list {list_path}: pair JSON {json_path} is outside the dataset {root}; "
+                             "list pairs of --data (image codes are cached by their path inside it)") from None
+        chosen.append(by_json.get(json_path) or pair_from_json(json_path, root))
+    return chosen
+
+
+def _warn_release_split(root: Path, split: str) -> None:
+    """The official release's ``split`` key is the source dataset's split, not ICG-CXR's test list."""
+    log.warning("%s has no %s: it looks like the official ICG-CXR release, whose pair JSONs' 'split' key is the "
+                "source dataset's split (MIMIC-CXR / CheXpert Plus), not ICG-CXR's 760-pair test set (not released); "
+                "split %r is therefore not the paper's %s set. Pass --pairs-list FILE (a JSON list of pair JSON "
+                "paths) to choose the pairs.", root, MANIFEST_NAME, split, split)
+
+
+def load_pairs(root: str | Path, split: str | None = None, *, check_files: bool = True,
+               pairs_list: str | Path | None = None) -> list[Pair]:
     """All pairs of a curated dataset (ours or the official release), optionally one split.
 
-    Split names: ``validate`` and ``val`` are the same split. Raises ``FileNotFoundError``
-    naming the directory when it holds no pairs, and ``ValueError`` naming the pair
-    whose image is missing (when ``check_files``).
+    Split names: ``validate`` and ``val`` are the same split. ``pairs_list``: a file read by
+    :func:`read_pairs_list`; the listed pairs are returned and ``split`` is ignored. Raises
+    ``FileNotFoundError`` naming the directory when it holds no pairs (or the missing list /
+    listed file), and ``ValueError`` naming the pair whose image is missing (when ``check_files``).
+    A split chosen on a dataset without ``manifest.jsonl`` (the official release) logs a warning.
     """
     # absolute paths: callers key caches by the path relative to the dataset root (Pair docstring)
     root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset directory not found; run `progemu curate --out {root}` first")
     manifest = root / MANIFEST_NAME
+    listed = read_pairs_list(pairs_list, root) if pairs_list is not None else None
     if manifest.exists():
         pairs = [Pair.from_manifest(record, root) for record in read_jsonl(manifest)]
+    elif listed is not None:
+        pairs = []
     else:
         pairs = [pair_from_json(path, root) for path in sorted(root.rglob("*.json")) if _PAIR_RE.match(path.stem)]
+    if listed is not None:
+        pairs = _select_listed(pairs, listed, root, pairs_list)
     if not pairs:
         raise FileNotFoundError(f"{root}: no ICG-CXR pairs found (no {MANIFEST_NAME} and no pair JSONs)")
-    if split is not None:
+    if split is not None and listed is None:
+        if not manifest.exists() and split not in ("train",):
+            _warn_release_split(root, split)
         wanted = {"val": "validate"}.get(split, split)
         pairs = [p for p in pairs if {"val": "validate"}.get(p.split, p.split) == wanted]
     if check_files:

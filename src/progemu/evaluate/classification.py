@@ -13,7 +13,11 @@ Definition used throughout progemu (the paper does not spell it out):
 
 :func:`pooled_scores` is the micro variant (all kept (pair, label) entries in one
 binary problem); the "changed findings" numbers use it because, per label, the
-few pairs whose label changed rarely hold both classes.
+few pairs whose label changed rarely hold both classes. :func:`averaged_scores`
+gives all three averagings (``AVERAGES``), as scikit-learn names them: macro
+(unweighted mean over the labels left), micro (pooled entries, every label) and
+weighted (mean over the labels left, weighted by their positives). The paper does
+not say which it used; Table 1's columns are macro and the table names it.
 """
 from __future__ import annotations
 
@@ -22,7 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["label_matrix", "per_label_scores", "macro_scores", "pooled_scores"]
+__all__ = ["label_matrix", "per_label_scores", "macro_scores", "pooled_scores", "weighted_scores", "averaged_scores",
+           "AVERAGES"]
+
+AVERAGES = ("macro", "micro", "weighted")
 
 
 def label_matrix(label_dicts: Sequence[dict], names: Sequence[str]) -> np.ndarray:
@@ -79,6 +86,25 @@ def macro_scores(per_label: dict[str, dict]) -> dict[str, float | None]:
         return {"AUROC": None, "F1": None, "labels": 0}
     return {"AUROC": float(np.mean([e["AUROC"] for e in kept])),
             "F1": float(np.mean([e["F1"] for e in kept])), "labels": len(kept)}
+
+
+def weighted_scores(per_label: dict[str, dict]) -> dict[str, float | None]:
+    """Means ``{"AUROC", "F1", "labels"}`` over the labels that were not skipped, weighted by their positives."""
+    kept = [entry for entry in per_label.values() if entry["AUROC"] is not None]
+    if not kept:
+        return {"AUROC": None, "F1": None, "labels": 0}
+    weights = np.array([e["positives"] for e in kept], np.float64)
+    return {"AUROC": float(np.average([e["AUROC"] for e in kept], weights=weights)),
+            "F1": float(np.average([e["F1"] for e in kept], weights=weights)), "labels": len(kept)}
+
+
+def averaged_scores(scores: np.ndarray, targets: np.ndarray, names: Sequence[str], threshold: float = 0.5,
+                    per_label: dict[str, dict] | None = None) -> dict:
+    """``{"macro", "micro", "weighted": {"AUROC", "F1", ...}, "threshold"}`` for ``[N, L]`` scores and targets."""
+    per_label = per_label if per_label is not None else per_label_scores(scores, targets, names, threshold)
+    micro = pooled_scores(scores, targets, threshold=threshold)
+    return {"macro": macro_scores(per_label), "micro": {"AUROC": micro["AUROC"], "F1": micro["F1"], "entries": micro["n"]},
+            "weighted": weighted_scores(per_label), "threshold": threshold}
 
 
 def pooled_scores(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,

@@ -3,6 +3,8 @@
     progemu evaluate --model CKPT --data DATA [--split test] --out DIR
         [--cascade-image DIR --cascade-text DIR] [--evaluators DIR | --xrv-weights F --biomedclip DIR]
         [--generations DIR] [--max-pairs N] [--samples 1] [--seed S] [--ground-truth FILE] [--no-meteor]
+        [--text-backend coco|nltk|both] [--pairs-list FILE]
+        [--baseline NAME=DIR ...] [--generations NAME=DIR ...]   (diffusion baselines, external methods' outputs)
     progemu evaluate train-evaluators --data DATA --out DIR [--epochs-classifier N] [--epochs-clip N]
         [--image-size 128] [--clip-image-size 64] [--max-pairs N] [--seed S]
 """
@@ -38,7 +40,12 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--evaluators", help="synthetic-world evaluators directory (from train-evaluators)")
     parser.add_argument("--xrv-weights", help="torchxrayvision densenet121-res224-all weights file (real data)")
     parser.add_argument("--biomedclip", help="BiomedCLIP directory (open_clip_config.json + weights, or HF cache)")
-    parser.add_argument("--generations", help="generation cache directory (default OUT/generations)")
+    parser.add_argument("--generations", action="append", default=[], metavar="DIR | NAME=DIR",
+                        help="DIR: the generation cache (default OUT/generations); NAME=DIR (repeatable): a row scoring "
+                             "an external method's outputs, DIR/<pair id with / as __>.png (+ optional .txt "
+                             "interpretation), see progemu.baseline.rows")
+    parser.add_argument("--baseline", action="append", default=[], metavar="NAME=DIR",
+                        help="a row for a trained diffusion baseline (progemu baseline train --out DIR); repeatable")
     parser.add_argument("--ground-truth", help="ground_truth.jsonl of the synthetic world (default: via curate_config.json)")
     parser.add_argument("--max-pairs", type=positive_int, help="evaluate only the first N pairs of the split (default: all)")
     parser.add_argument("--samples", type=positive_int, default=1, help="counterfactuals drawn per pair (metrics use the first)")
@@ -51,6 +58,15 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--figure-pairs", type=nonneg_int, default=4,
                         help="pairs shown in the report's figures, with attention maps (0 = no figures)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (no Java)")
+    parser.add_argument("--recipe", choices=("model", "official"), default="model",
+                        help="official = generate with the released inference settings (as `progemu generate --recipe "
+                             "official`) and score text with --text-backend nltk unless given; see docs/paper.md")
+    parser.add_argument("--text-backend", choices=("coco", "nltk", "both"), default=None,
+                        help="BLEU-3 / METEOR / ROUGE-L implementation: coco = pycocoevalcap (METEOR 1.5, Java); nltk = "
+                             "NLTK METEOR + rouge_score ROUGE-L, as Hugging Face evaluate (likely the paper's); both = "
+                             "coco plus METEOR-nltk / ROUGE-L-hf columns (default coco; nltk with --recipe official)")
+    parser.add_argument("--pairs-list", help="JSON list of pair JSON paths to evaluate, like the official --meta_path "
+                        "(replaces --split; the test list of the paper is not released)")
     parser.add_argument("--device", help="device of the evaluators (default: cuda when available, else cpu)")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard cached generations made by another model or with other settings (instead of refusing)")
@@ -97,10 +113,44 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _named_rows(args) -> tuple[str | None, dict[str, str], dict[str, str]]:
+    """(generation cache, --baseline rows, external --generations NAME=DIR rows) from the flags."""
+    from pathlib import Path
+
+    from progemu.baseline.rows import parse_named_dirs
+
+    from .runner import ROW_ORDER
+
+    cache, named = None, []
+    for value in args.generations:
+        name, sep, _ = value.partition("=")
+        if sep and name and "/" not in name and not Path(value).exists():
+            named.append(value)
+        elif cache is None:
+            cache = value
+        else:
+            raise UsageError(f"--generations {value}: only one generation cache DIR; an external method's outputs "
+                             "are given as NAME=DIR")
+    baselines, external = parse_named_dirs(args.baseline, "--baseline"), parse_named_dirs(named, "--generations")
+    for name in [*baselines, *external]:
+        if name in ROW_ORDER or (name in baselines and name in external):
+            raise UsageError(f"row name {name!r} is taken (reserved: {', '.join(ROW_ORDER)}); choose another NAME")
+    for name, directory in {**baselines, **external}.items():
+        if not Path(directory).is_dir():
+            flag = "--baseline" if name in baselines else "--generations"
+            raise UsageError(f"{flag} {name}={directory}: folder not found")
+    return cache, baselines, external
+
+
 def _generate_kwargs(args) -> dict:
     import json
 
     kwargs = {} if args.cfg is None else {"cfg_scale": args.cfg}
+    if args.recipe == "official":
+        from progemu.generate.cli import OFFICIAL_SAMPLING
+
+        # the official guidance covers image and text tokens alike
+        kwargs = {**OFFICIAL_SAMPLING, **({"cfg_scale": args.cfg, "cfg_text_scale": args.cfg} if args.cfg is not None else {})}
     for option in args.gen_option:
         key, sep, value = option.partition("=")
         if not sep or not key:
@@ -138,12 +188,15 @@ def main(argv: list[str] | None = None) -> int:
                 check_in_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
         check_device(args.device)
         check_out_dir(args.out)
+        cache, baselines, external = _named_rows(args)
         config = EvaluateConfig(data=args.data, out=args.out, model=args.model, split=args.split,
                                 cascade_image=args.cascade_image, cascade_text=args.cascade_text,
                                 evaluators=args.evaluators, xrv_weights=args.xrv_weights, biomedclip=args.biomedclip,
-                                generations=args.generations, ground_truth=args.ground_truth,
+                                generations=cache, baselines=baselines, external=external, ground_truth=args.ground_truth,
                                 max_pairs=args.max_pairs, samples=args.samples, seed=args.seed,
                                 batch_size=args.batch_size, meteor=not args.no_meteor, figure_pairs=args.figure_pairs,
+                                text_backend=args.text_backend or ("nltk" if args.recipe == "official" else "coco"),
+                                pairs_list=args.pairs_list,
                                 generate_kwargs=_generate_kwargs(args), device=args.device, overwrite=args.overwrite)
         with output_lock(args.out, "progemu evaluate"):
             metrics = evaluate(config, progress=not args.quiet)

@@ -20,7 +20,9 @@ __all__ = ["markdown_table", "write_report"]
 log = logging.getLogger(__name__)
 
 _ARROWS = {"FID": "↓", "CLIP-I": "↑", "CLIP-I-followup": "↑", "AUROC": "↑", "F1": "↑",
-           "BLEU-3": "↑", "METEOR": "↑", "ROUGE-L": "↑"}
+           "BLEU-3": "↑", "METEOR": "↑", "ROUGE-L": "↑", "METEOR-nltk": "↑", "ROUGE-L-hf": "↑"}
+#: columns that only a second text backend fills (``--text-backend both``)
+_EXTRA_TEXT_KEYS = ("METEOR-nltk", "ROUGE-L-hf")
 _DIGITS = {"FID": 2, "CLIP-I": 2, "CLIP-I-followup": 2}
 _ROW_NAMES = {"progemu": "ProgEmu", "progemu2": "ProgEmu² (cascade)", "copy-prior": "copy-prior image + retrieved interpretation (reference)",
               "reconstructed-prior": "reconstructed prior (tokenizer round trip) + retrieved interpretation (reference)",
@@ -37,12 +39,13 @@ def markdown_table(metrics: dict) -> str:
     """Table 1 of the paper, one line per row, plus changed-findings and fidelity columns."""
     from .runner import METRIC_KEYS
 
-    header = ["method", *[f"{k}{_ARROWS[k]}" for k in METRIC_KEYS], "AUROC (changed)↑", "F1 (changed)↑", "fidelity↑",
+    keys = [*METRIC_KEYS, *[k for k in _EXTRA_TEXT_KEYS if any(k in row for row in metrics["rows"].values())]]
+    header = ["method", *[f"{k}{_ARROWS[k]}" for k in keys], "AUROC (changed)↑", "F1 (changed)↑", "fidelity↑",
               "unchanged stable", "NCC prior↑"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in metrics["rows"].items():
         changed = metrics.get("changed_findings", {}).get(name, {})
-        cells = [_ROW_NAMES.get(name, name), *[_format(k, row.get(k)) for k in METRIC_KEYS],
+        cells = [_ROW_NAMES.get(name, name), *[_format(k, row.get(k)) for k in keys],
                  _format("AUROC", changed.get("AUROC")), _format("F1", changed.get("F1")),
                  _format("fidelity", metrics.get("fidelity", {}).get(name)),
                  _format("stable", (metrics.get("fidelity_detail", {}).get(name, {}).get("direct") or {}).get("unchanged_stable")),
@@ -55,8 +58,36 @@ def markdown_table(metrics: dict) -> str:
               f"Fidelity measured by: {', '.join(sorted(m for m in methods if m)) or '–'} "
               f"({_fidelity_coverage(metrics)}); 'unchanged stable' = share of "
               "findings whose true state did not change that the counterfactual left unchanged (direct measurement "
-              "only). Definitions in metrics.json (`definitions`)."]
+              "only). Definitions in metrics.json (`definitions`).", "", _text_footnote(metrics.get("text_backend")),
+              *_averaging_table(metrics)]
     return "\n".join(lines) + "\n"
+
+
+def _text_footnote(backend: dict | None) -> str:
+    """Which implementation made BLEU-3 / METEOR / ROUGE-L, with package versions (METEOR differs ~2x between them)."""
+    if not backend:
+        return "Text metrics: pycocoevalcap (backend not recorded)."
+    versions = ", ".join(f"{k} {v}" for k, v in (backend.get("versions") or {}).items() if v)
+    parts = [f"{key}: {backend[key]}" for key in ("METEOR", "ROUGE-L", "METEOR-nltk", "ROUGE-L-hf") if backend.get(key)]
+    return f"Text metrics (backend `{backend.get('backend')}`): {'; '.join(parts)}. Versions: {versions or '?'}."
+
+
+def _averaging_table(metrics: dict) -> list[str]:
+    """AUROC / F1 under each averaging; Table 1's columns above are the macro ones."""
+    from .classification import AVERAGES
+
+    classification = metrics.get("classification") or {}
+    if not classification:
+        return []
+    threshold = next(iter(classification.values())).get("threshold", 0.5)
+    lines = ["", f"AUROC / F1 by averaging (F1 at threshold {threshold}; macro = the columns above: unweighted mean over "
+             "the labels with both classes; micro = all (pair, label) entries pooled; weighted = labels weighted by "
+             "their positives):", "",
+             "| method | " + " | ".join(f"AUROC {a} | F1 {a}" for a in AVERAGES) + " |", "|" + "---|" * (1 + 2 * len(AVERAGES))]
+    for name, entry in classification.items():
+        cells = [f"{_format('AUROC', entry[a].get('AUROC'))} | {_format('F1', entry[a].get('F1'))}" for a in AVERAGES]
+        lines.append(f"| {_ROW_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fidelity_coverage(metrics: dict) -> str:
@@ -115,7 +146,8 @@ def write_report(out: str | Path, metrics: dict, pairs: Sequence, rows: dict, *,
     atomic_write_text(out / "table.md", table)
     figures = out / "figures"
     chosen = list(range(min(figure_pairs, len(pairs))))
-    model_rows = [name for name in ("progemu", "progemu2") if name in rows]
+    # every method's counterfactuals are shown (ProgEmu, ProgEmu², baselines, external outputs), not the references
+    model_rows = [name for name in rows if name not in ("copy-prior", "reconstructed-prior", "oracle")]
     cases = []
     for i in chosen:
         pair = pairs[i]
@@ -136,7 +168,7 @@ def write_report(out: str | Path, metrics: dict, pairs: Sequence, rows: dict, *,
         generations = rows[name].generations or {}
         for i in chosen:
             generation = generations.get(pairs[i].pair_id)
-            if generation is None:
+            if generation is None or not generation.interpretation:  # image-only methods have no interpretation
                 continue
             figure_html = ""
             if generation.attention:

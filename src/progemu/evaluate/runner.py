@@ -6,7 +6,8 @@ Python entry point for other stages (``progemu demo``)::
     metrics = evaluate(EvaluateConfig(data="ds", out="eval", model="ckpt", evaluators="evaluators"))
 
 Rows: ``progemu`` (``--model``), ``progemu2`` (the cascade, ``--cascade-image`` +
-``--cascade-text``), and references measured in the same run: ``copy-prior`` and
+``--cascade-text``), trained diffusion baselines (``--baseline NAME=DIR``) and external methods' outputs
+(``--generations NAME=DIR``; both in :mod:`progemu.baseline.rows`), and references measured in the same run: ``copy-prior`` and
 ``oracle`` (see :mod:`.baselines`). Image metrics use the first sample of each pair.
 Writes ``OUT/metrics.json``, ``OUT/table.md``, ``OUT/report.html``, ``OUT/figures/``
 and ``OUT/evaluate_config.json``; generations are cached in ``OUT/generations``
@@ -27,7 +28,7 @@ from progemu.data.labels import CHEXPERT_LABELS
 from progemu.utils.atomic import atomic_write_json
 from progemu.utils.config import save_config
 
-from .classification import finite_or_none, label_matrix, macro_scores, per_label_scores, pooled_scores
+from .classification import averaged_scores, finite_or_none, label_matrix, macro_scores, per_label_scores, pooled_scores
 from .clip_score import clip_i
 from .fid import fid_from_features
 
@@ -57,10 +58,14 @@ class EvaluateConfig:
     seed: int = 0
     batch_size: int = 4  # generation batch
     meteor: bool = True
+    text_backend: str = "coco"  # coco (pycocoevalcap) | nltk (NLTK METEOR, rouge_score ROUGE-L) | both; see text_metrics
+    pairs_list: str | None = None  # JSON list of pair JSON paths to evaluate (replaces split), like the official --meta_path
     figure_pairs: int = 4
     device: str | None = None  # evaluators' device; None = "cuda" when available, else "cpu"
     generate_kwargs: dict = dataclasses.field(default_factory=dict)  # extra generate_batch arguments (cfg_scale, ...)
     overwrite: bool = False  # discard cached generations made by another model / with other settings
+    baselines: dict = dataclasses.field(default_factory=dict)  # row name -> trained baseline folder (--baseline)
+    external: dict = dataclasses.field(default_factory=dict)  # row name -> external outputs folder (--generations NAME=DIR)
 
 
 @dataclasses.dataclass
@@ -139,6 +144,31 @@ def _model_row(name: str, cache_root: Path, pairs, make_pipeline: Callable | Non
                       key=cache.recorded_key())
 
 
+def _baseline_rows(config: EvaluateConfig, pairs, cache_root: Path, progress: bool) -> dict[str, _RowInputs]:
+    """Rows of trained diffusion baselines (``--baseline``) and of external methods' outputs (``--generations
+    NAME=DIR``); image-only unless the external folder holds every interpretation (see progemu.baseline.rows)."""
+    rows: dict[str, _RowInputs] = {}
+    if config.baselines:
+        from progemu.baseline.rows import baseline_row
+
+        from .fidelity import find_ground_truth
+
+        ground_truth = find_ground_truth(config.data, config.ground_truth)
+        for name, directory in config.baselines.items():
+            row, generations, key = baseline_row(name, directory, pairs, cache_root, data=config.data,
+                                                 ground_truth=ground_truth, seed=config.seed, samples=config.samples,
+                                                 overwrite=config.overwrite, progress=progress)
+            rows[row] = _RowInputs(images=[generations[p.pair_id].counterfactuals[0] for p in pairs], texts=None,
+                                   generations=generations, key=key)
+    if config.external:
+        from progemu.baseline.rows import read_external
+
+        for name, directory in config.external.items():
+            images, texts = read_external(name, directory, pairs)
+            rows[name] = _RowInputs(images=images, texts=texts)
+    return rows
+
+
 def _image_outputs(evaluators, images: Sequence, size: int, chunk: int = 64) -> dict[str, np.ndarray]:
     """Classifier features / probabilities and CLIP image embeddings, computed ``chunk`` images at a time."""
     from .images import load_stack
@@ -169,8 +199,9 @@ def _score_row(outputs: dict, reference: dict, texts: list[str] | None, scorer, 
     if texts is not None:
         row.update(scorer.score(texts, reference["interpretations"]))
     changed = pooled_scores(outputs["probs"], reference["targets"], mask=reference["changed_mask"])
+    averaged = averaged_scores(outputs["probs"], reference["targets"], CHEXPERT_LABELS, per_label=per_label)
     return {"metrics": {k: finite_or_none(v) for k, v in row.items()}, "per_label": per_label,
-            "labels_scored": macro["labels"], "changed": changed}
+            "labels_scored": macro["labels"], "changed": changed, "classification": averaged}
 
 
 def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
@@ -194,7 +225,7 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "evaluate_config.json", kind="EvaluateConfig")
-    pairs = load_pairs(config.data, split=config.split)
+    pairs = load_pairs(config.data, split=config.split, pairs_list=config.pairs_list)
     if config.max_pairs is not None:
         pairs = pairs[: config.max_pairs]
     if len(pairs) < 2:
@@ -209,6 +240,11 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
         if builder:
             GenerationCache(cache_root, row, key=generation_key(config, models)).claim(
                 overwrite=config.overwrite, names=_key_names(config))
+    if config.external:  # an external folder missing a pair is named now, before anything slow loads
+        from progemu.baseline.rows import check_external
+
+        for name, directory in config.external.items():
+            check_external(name, directory, pairs)
     evaluators = _load_evaluators(config, evaluators)
     # report.html is this folder's "done" marker (written last): a run that stops early must not leave
     # the previous run's report vouching for a half-updated folder
@@ -238,6 +274,7 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
                 return CascadePipeline(config.cascade_image, config.cascade_text)
         rows["progemu2"] = _model_row("progemu2", cache_root, pairs, make_cascade, config, progress,
                                       models={"cascade_image": config.cascade_image, "cascade_text": config.cascade_text})
+    rows.update(_baseline_rows(config, pairs, cache_root, progress))
     try:
         retrieved = retrieval_interpretations(load_pairs(config.data, split="train", check_files=False),
                                               [p.prompt for p in pairs])
@@ -266,8 +303,10 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
     prior_outputs = _image_outputs(evaluators, [p.prior_image for p in pairs], size)
 
     ground_truth = find_ground_truth(config.data, config.ground_truth)
-    result: dict = {"rows": {}, "changed_findings": {}, "fidelity": {}, "fidelity_detail": {}, "per_finding": {}}
-    with TextScorer(meteor=config.meteor) as scorer:
+    result: dict = {"rows": {}, "changed_findings": {}, "fidelity": {}, "fidelity_detail": {}, "per_finding": {},
+                    "classification": {}}
+    with TextScorer(meteor=config.meteor, backend=config.text_backend) as scorer:
+        result["text_backend"] = scorer.description()
         for name, inputs in rows.items():
             # the reference rows' images were scored above: reuse them (real evaluators are slow on CPU)
             outputs = {"copy-prior": prior_outputs, "oracle": reference["outputs"]}.get(name) \
@@ -275,6 +314,7 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
             scored = _score_row(outputs, reference, inputs.texts, scorer, is_oracle=name == "oracle")
             result["rows"][name] = scored["metrics"]
             result["per_finding"][name] = scored["per_label"]
+            result["classification"][name] = scored["classification"]
             result["changed_findings"][name] = {k: finite_or_none(v) if k != "n" else v for k, v in scored["changed"].items()}
             detail = {"classifier": classifier_fidelity(prior_outputs["probs"], outputs["probs"], prior_targets, targets)}
             detail["method"] = "classifier"
@@ -289,7 +329,8 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
             result["fidelity_detail"][name] = detail
             result["fidelity"][name] = finite_or_none(detail[detail["method"]]["score"])
     result.update({
-        "n_pairs": len(pairs), "split": config.split, "samples": config.samples, "seed": config.seed,
+        "n_pairs": len(pairs), "split": config.split if config.pairs_list is None else f"pairs list {config.pairs_list}",
+        "samples": config.samples, "seed": config.seed,
         "generation": {name: inputs.key for name, inputs in rows.items() if inputs.generations is not None},
         "evaluators": evaluators.description, "ground_truth": str(ground_truth) if ground_truth else None,
         "definitions": {
@@ -297,11 +338,13 @@ def evaluate(config: EvaluateConfig, *, evaluators=None, progress: bool = True,
             "CLIP-I": "100 x cosine(CLIP image embedding of the counterfactual, CLIP text embedding of the prompt)",
             "CLIP-I-followup": "100 x cosine(counterfactual image embedding, real follow-up image embedding)",
             "AUROC/F1": "classifier on counterfactuals vs follow-up CheXpert labels; per label, uncertain/missing "
-                        "excluded, labels with one class skipped, macro mean; F1 at 0.5",
+                        "excluded, labels with one class skipped, macro mean; F1 at 0.5 (micro and weighted "
+                        "averages in `classification`)",
             "changed_findings": "AUROC/F1 pooled over (pair, label) entries whose known label differs between "
                                 "prior and follow-up",
-            "text": "pycocoevalcap BLEU-3 (corpus), METEOR 1.5, ROUGE-L (beta 1.2) on lower-cased, "
-                    "punctuation-free tokens",
+            "text": "see `text_backend`; coco: pycocoevalcap BLEU-3 (corpus), METEOR 1.5, ROUGE-L (beta 1.2) on "
+                    "lower-cased, punctuation-free tokens; nltk: NLTK METEOR and rouge_score ROUGE-L F1 as Hugging "
+                    "Face evaluate computes them",
             "fidelity": "fraction of true changes the counterfactual moves in the right direction vs the prior",
             "NCC-prior": "mean zero-mean normalised cross-correlation of prior and counterfactual (1 = the prior kept)",
             "reconstructed-prior": "decode(encode(prior)) with the model's image tokenizer + retrieved interpretation: "

@@ -5,6 +5,7 @@ Examples::
     progemu generate --model CKPT --prior prior.png --prompt "New small left pleural effusion." --out out/
     progemu generate --model demo --prior prior.png --prompt "..." --out out/   # the packaged demo model
     progemu generate --model CKPT --prior prior.dcm --prompt "..." --out out/ --samples 4 --cfg 3 --seed 7
+    progemu generate --model CKPT --prior prior.png --prompt "..." --out out/ --recipe official   # docs/paper.md
     progemu generate --model IMAGE_CKPT --text-model TEXT_CKPT --prior prior.png --prompt "..." --out out/   # ProgEmu²
 
 Sampling flags left out take the settings saved with the model (``progemu.json`` ``"sampling"``, see
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from progemu.utils.checks import ArgumentParser, UsageError, float_range, nonneg_int, positive_int
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     # sampling: None = the value saved with the model (progemu.json "sampling"), else the official default
     parser.add_argument("--cfg", type=float_range(0), default=None, help="classifier-free guidance scale on image tokens "
                         "(1 = off; default: the model's saved setting, else 1; Emu3 uses 3)")
+    parser.add_argument("--cfg-prompt", type=float_range(0), default=None,
+                        help="dual guidance: this scale for the prompt, --cfg for the prior (needs a model trained with "
+                             "--prompt-only-dropout; default: the model's saved setting, else single guidance)")
     parser.add_argument("--cfg-text", type=float_range(0), default=None,
                         help="guidance scale on interpretation tokens (1 = off; default: the model's, else 1)")
     parser.add_argument("--temperature", type=float_range(0), default=None,
@@ -85,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(0 = off; default: the model's saved setting, else 0)")
     parser.add_argument("--max-text-tokens", type=positive_int, default=None,
                         help="cap on interpretation tokens (default: the model's, else the official 196)")
+    parser.add_argument("--recipe", choices=("model", "official"), default="model",
+                        help="defaults of the sampling flags left out: model = the model's saved settings; official = "
+                             "the released inference script (top-k 2048, temperature 1, no guidance; --cfg then guides "
+                             "image and text tokens); recorded in result.json")
     parser.add_argument("--no-attention", action="store_true", help="skip the interpretation attention maps")
     parser.add_argument("--attention-layers", type=_int_list, default=None, help="layers to average, e.g. '-4,-3,-2,-1' (default all)")
     parser.add_argument("--attention-heads", type=_int_list, default=None, help="heads to average (default all)")
@@ -101,12 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
 #: flag attribute -> SamplingSettings field; flags left unset keep the model's saved settings
 SAMPLING_FLAGS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "cfg": "cfg_scale",
                   "cfg_text": "cfg_text_scale", "max_text_tokens": "max_text_tokens", "text_temperature": "text_temperature",
-                  "anchor": "anchor"}
+                  "anchor": "anchor", "cfg_prompt": "cfg_prompt_scale"}
+
+
+#: ``--recipe official``: the released inference script (scripts/infer.sh: ``--do_sample``, top-k 2048,
+#: temperature 1, no ``--use_cfg_proc``), whatever the model saved; see docs/paper.md
+OFFICIAL_SAMPLING = {"temperature": 1.0, "text_temperature": 1.0, "top_k": 2048, "top_p": 1.0, "cfg_scale": 1.0,
+                     "cfg_text_scale": 1.0, "anchor": 0.0, "cfg_prompt_scale": None}
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
-    """The sampling settings given on the command line (the rest come from the model)."""
-    return {field: getattr(args, flag) for flag, field in SAMPLING_FLAGS.items() if getattr(args, flag) is not None}
+    """The sampling settings given on the command line (the rest come from the model, or the recipe).
+
+    Under ``--recipe official`` a ``--cfg`` also guides the interpretation (unless ``--cfg-text`` is
+    given): the official guidance is one logits processor over every generated token.
+    """
+    given = {field: getattr(args, flag) for flag, field in SAMPLING_FLAGS.items() if getattr(args, flag) is not None}
+    if getattr(args, "recipe", None) != "official":
+        return given
+    if "cfg_scale" in given and "cfg_text_scale" not in given:
+        given["cfg_text_scale"] = given["cfg_scale"]
+    return {**OFFICIAL_SAMPLING, **given}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,9 +249,12 @@ def _generate(args: argparse.Namespace) -> int:
             raise UsageError(f"--model {where}: the checkpoint could not be loaded ({type(error).__name__}: {reason}); "
                              "it may be truncated or damaged: copy it again or re-run `progemu train`") from error
         attention = AttentionSettings(layers=args.attention_layers, heads=args.attention_heads, phrases=args.phrases)
+        started = time.perf_counter()
         with _ProgressBar() as bar:
             result = pipe(args.prior, args.prompt, samples=args.samples, seed=args.seed, attention=not args.no_attention,
                           attention_settings=attention, progress=bar, **sampling_overrides(args))
+        seconds = time.perf_counter() - started
+        result.settings["recipe"] = args.recipe
         had_result = (Path(args.out) / "result.json").exists()
         out = result.save(args.out)
         if had_result:  # reusing an --out: drop what the previous result had and this one does not
@@ -237,9 +264,9 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"progemu generate: error: {error}", file=sys.stderr)
         return 2
     # report text stays out of the INFO log (credentialed data); the file holds it
+    # wall-clock seconds of the generation itself (result.timings holds rates such as tokens_per_s too)
     log.info("wrote %d counterfactual(s), interpretation (%d phrases) and result.json to %s in %.1f s",
-             len(result.counterfactuals), len(result.phrases), out,
-             sum(v for k, v in result.timings.items() if k.endswith("_s")))
+             len(result.counterfactuals), len(result.phrases), out, seconds)
     return 0
 
 

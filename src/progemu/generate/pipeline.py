@@ -172,8 +172,9 @@ class ProgEmuPipeline:
         prior_codes = self.encode_priors(images)
         prefixes = [self.layout.prefix(codes, self.prompt_ids(prompt)) for codes, prompt in zip(prior_codes, prompts)]
         encode_s = time.perf_counter() - clock
+        prior_only = [self.layout.prefix(codes, []) for codes in prior_codes] if settings.cfg_prompt_scale is not None else None
         out = self.sampler.generate(prefixes, mode=self.mode, samples=samples, seeds=seeds, settings=settings,
-                                    progress=callback, anchor_codes=list(prior_codes))
+                                    progress=callback, anchor_codes=list(prior_codes), prior_prefixes=prior_only)
         parsed = [[self.layout.parse(seq) for seq in request] for request in out.sequences]
         for r, request in enumerate(parsed):
             for k, (codes, _) in enumerate(request):

@@ -28,6 +28,11 @@ is token-identical under greedy decoding and much cheaper per token, following L
   ``uncond + s * (cond - uncond)`` (LlamaGen). Emu3's reference combines log-softmaxed scores;
   the two differ by a constant per row, so greedy ids and sampling distributions are identical.
   After the image the unconditional rows are dropped unless a text scale != 1 is asked for.
+- **Dual guidance** (InstructPix2Pix's two scales): a third group of rows ``[2B, 3B)`` continues the
+  prior-only prefix (prior image, no prompt), and image logits become
+  ``uncond + s_image * (prior_only - uncond) + s_prompt * (cond - prior_only)``: ``s_image`` says
+  how strongly the counterfactual follows the prior, ``s_prompt`` how strongly it follows the prompt
+  on top of it. With ``s_prompt == s_image`` the prior-only logits cancel and it is single CFG.
 - **Rows leave when done.** A row that samples EOS is removed from the batch (cache rows too);
   left padding common to all remaining rows is trimmed.
 - **Seeds per row.** Sample ``k`` of a request with seed ``s`` draws from its own
@@ -63,6 +68,10 @@ class SamplingSettings:
     ``text_temperature``: temperature for interpretation tokens only (``None`` = ``temperature``;
     0 = greedy text). A small model's interpretation is most faithful when decoded greedily,
     while its image still benefits from sampling, so evaluation may set the two apart.
+    ``cfg_prompt_scale``: ``None`` = single guidance (``cfg_scale`` on prior + prompt together);
+    a number = dual guidance on image tokens, ``cfg_scale`` for the prior and this scale for the prompt
+    (see the module docstring). Needs a model trained with prompt-only dropout
+    (``progemu train --prompt-only-dropout``): otherwise the prior-only branch was never seen.
     ``anchor``: logit bonus (nats, >= 0) for the prior's code at the same cell of the counterfactual
     (0 = off). A counterfactual should be the patient's own radiograph with only the asked-for
     change: where the model is unsure, the bonus keeps the prior's code; where the prompt calls for
@@ -77,6 +86,7 @@ class SamplingSettings:
     max_text_tokens: int = 196
     text_temperature: float | None = None
     anchor: float = 0.0
+    cfg_prompt_scale: float | None = None
 
     def for_text(self) -> "SamplingSettings":
         """The settings that apply to interpretation tokens."""
@@ -93,8 +103,10 @@ class SamplingSettings:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        for name in ("cfg_scale", "cfg_text_scale"):
+        for name in ("cfg_scale", "cfg_text_scale", "cfg_prompt_scale"):
             value = getattr(self, name)
+            if value is None and name == "cfg_prompt_scale":
+                continue
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
         if not (self.anchor >= 0 and math.isfinite(self.anchor)):
@@ -138,32 +150,34 @@ def allowed_text_ids(layout: TokenLayout) -> list[int]:
 class _Batch:
     """Mutable decoding state: the shared cache, padding mask, next positions and row bookkeeping.
 
-    Rows ``[0, B)`` are conditional; when ``guided``, rows ``[B, 2B)`` are their unconditional
-    twins (same order). ``rows[i]`` is the original row id of conditional row ``i``.
+    Rows ``[0, B)`` are conditional; with ``groups >= 2``, rows ``[B, 2B)`` are their unconditional
+    twins and with ``groups == 3`` rows ``[2B, 3B)`` their prior-only twins (same order).
+    ``rows[i]`` is the original row id of conditional row ``i``.
     """
 
     def __init__(self, cache: Any, mask: torch.Tensor | None, next_pos: torch.Tensor, rows: torch.Tensor,
-                 guided: bool, logits: torch.Tensor, static: bool = False):
+                 groups: int, logits: torch.Tensor, static: bool = False):
         self.cache = cache
         self.static = static  # a preallocated StaticCache: the mask spans its full length and never grows
         self.mask = mask  # bool [R, cache length] or None when no row is padded
         self.next_pos = next_pos  # long [R]
         self.rows = rows  # long [B]
-        self.guided = guided
+        self.groups = groups
         self.logits = logits  # float32 [R, V]: next-token logits of every row
 
     @property
     def size(self) -> int:
         return int(self.rows.numel())
 
-    def select(self, keep: torch.Tensor, drop_unconditional: bool = False) -> None:
-        """Keep conditional rows ``keep`` (indices into ``[0, B)``) and, unless dropped, their twins."""
+    @property
+    def guided(self) -> bool:
+        return self.groups > 1
+
+    def select(self, keep: torch.Tensor, groups: int | None = None) -> None:
+        """Keep conditional rows ``keep`` (indices into ``[0, B)``) and their twins of the first ``groups`` groups."""
         batch = self.size
-        if self.guided and not drop_unconditional:
-            index = torch.cat([keep, keep + batch])
-        else:
-            index = keep
-            self.guided = False
+        self.groups = min(self.groups, groups or self.groups)
+        index = torch.cat([keep + g * batch for g in range(self.groups)])
         if index.numel() != self.logits.shape[0] or not torch.equal(index, torch.arange(index.numel(), device=index.device)):
             if self.static:  # StaticLayer has no batch_select_indices; a rare copy is fine (nothing is compiled here)
                 for layer in self.cache.layers:
@@ -231,7 +245,8 @@ class ConstrainedSampler:
                  seeds: Sequence[int] | int = 0, settings: SamplingSettings | None = None,
                  null_prefixes: Sequence[Sequence[int]] | None = None, keep_unconditional: bool = False,
                  record_logits: bool = False, progress: Callable[[int, int, str], Any] | None = None,
-                 anchor_codes: Sequence[Any] | None = None) -> SamplerOutput:
+                 anchor_codes: Sequence[Any] | None = None,
+                 prior_prefixes: Sequence[Sequence[int]] | None = None) -> SamplerOutput:
         """Continue each prefix ``samples`` times in one batch.
 
         ``prefixes``: conditioning prefixes (``layout.prefix(...)``), one per request.
@@ -239,6 +254,8 @@ class ConstrainedSampler:
         ``layout.null_prefix()``; text mode needs them, they hold the follow-up image).
         ``seeds``: one per request (or one int for all). ``keep_unconditional``: run the guided
         batch even at scale 1 (to check that guidance at scale 1 equals no guidance).
+        ``prior_prefixes``: prior-only prefixes (``layout.prefix(prior, [])``), one per request; needed
+        by dual guidance (``settings.cfg_prompt_scale`` set), which the image part of joint / image mode uses.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -252,8 +269,14 @@ class ConstrainedSampler:
         if len(seeds) != len(prefixes):
             raise ValueError(f"generate: {len(seeds)} seeds for {len(prefixes)} prefixes")
         # the unconditional rows are needed only where a scale != 1 applies (image part, text part or both)
-        guided = keep_unconditional or {"joint": settings.cfg_scale != 1.0 or settings.cfg_text_scale != 1.0,
-                                        "image": settings.cfg_scale != 1.0, "text": settings.cfg_text_scale != 1.0}[mode]
+        dual = mode != "text" and settings.cfg_prompt_scale is not None
+        guided = keep_unconditional or dual or {"joint": settings.cfg_scale != 1.0 or settings.cfg_text_scale != 1.0,
+                                                "image": settings.cfg_scale != 1.0, "text": settings.cfg_text_scale != 1.0}[mode]
+        if dual:
+            if prior_prefixes is None or len(prior_prefixes) != len(prefixes):
+                raise ValueError("generate: dual guidance (cfg_prompt_scale) needs the prior-only prefixes "
+                                 "(prior_prefixes), one per request")
+            prior_prefixes = [list(map(int, p)) for p in prior_prefixes]
         if guided:
             if null_prefixes is None:
                 if mode == "text":
@@ -275,6 +298,8 @@ class ConstrainedSampler:
         row_prefixes = [p + header for p in prefixes for _ in range(samples)]
         if guided:
             row_prefixes += [p + header for p in null_prefixes for _ in range(samples)]
+        if dual:
+            row_prefixes += [p + header for p in prior_prefixes for _ in range(samples)]
         n_rows = len(prefixes) * samples
         generators = [self._generator(row_seed(seeds[r], k)) for r in range(len(prefixes)) for k in range(samples)]
         sequences: list[list[int]] = [list(header) for _ in range(n_rows)]
@@ -289,7 +314,7 @@ class ConstrainedSampler:
             raise ValueError(f"generate: a prefix reaching position {longest} plus up to {new_tokens} generated tokens exceeds "
                              f"the model's {limit} positions; shorten the prompt or lower max_text_tokens")
         start = self._now()
-        batch = self._prefill(row_prefixes, n_rows, guided, timings, new_tokens)
+        batch = self._prefill(row_prefixes, n_rows, 3 if dual else 2 if guided else 1, timings, new_tokens)
         timings["prefill_s"] = self._now() - start
         start = self._now()
         h, w = self.layout.grid
@@ -299,8 +324,9 @@ class ConstrainedSampler:
         if mode != "text":
             self._decode_image(batch, sequences, generators, settings, mode, trace, timings, report, anchors)
         if mode != "image":
-            if batch.guided and settings.cfg_text_scale == 1.0 and not keep_unconditional:
-                batch.select(torch.arange(batch.size, device=self.device), drop_unconditional=True)
+            # the prior-only rows serve the image only; the unconditional ones serve text guidance
+            text_guided = settings.cfg_text_scale != 1.0 or keep_unconditional
+            batch.select(torch.arange(batch.size, device=self.device), groups=2 if text_guided else 1)
             self._decode_text(batch, sequences, generators, settings, trace, timings, report, image_steps)
         if report is not None:
             report(total_steps, "done")
@@ -310,7 +336,7 @@ class ConstrainedSampler:
         return SamplerOutput(sequences=nested, timings=timings, logits_trace=trace)
 
     # ----------------------------------------------------------------- prefill
-    def _prefill(self, row_prefixes: list[list[int]], n_cond: int, guided: bool, timings: dict, new_tokens: int) -> _Batch:
+    def _prefill(self, row_prefixes: list[list[int]], n_cond: int, groups: int, timings: dict, new_tokens: int) -> _Batch:
         """Run every distinct prefix once (batch 1) and copy its keys / values into a left-padded batch cache.
 
         ``new_tokens``: the most tokens the continuation can still feed (sizes a static cache).
@@ -360,7 +386,7 @@ class ConstrainedSampler:
             mask = position[None, :] >= pads[:, None]
         logits = torch.stack([states[u][1] for u in which])
         next_pos = torch.tensor([self._next_position(p) for p in row_prefixes], dtype=torch.long, device=self.device)
-        return _Batch(batch_cache, mask, next_pos, torch.arange(n_cond, device=self.device), guided, logits,
+        return _Batch(batch_cache, mask, next_pos, torch.arange(n_cond, device=self.device), groups, logits,
                       static=self.static_cache)
 
     # ------------------------------------------------------------------ decode
@@ -369,8 +395,8 @@ class ConstrainedSampler:
 
         One forward for all ``n`` tokens: forced ids after a sampled one cost no extra step.
         """
-        if batch.guided:
-            tokens = torch.cat([tokens, tokens])
+        if batch.groups > 1:
+            tokens = tokens.repeat(batch.groups, 1)
         n = tokens.shape[1]
         positions = batch.next_pos[:, None] + torch.arange(n, device=self.device)[None, :]
         mask = batch.mask
@@ -383,15 +409,24 @@ class ConstrainedSampler:
         batch.next_pos = batch.next_pos + n
         batch.logits = out.logits[:, -1].float()
 
-    def _guided_logits(self, batch: _Batch, scale: float, trace: list | None, position: int) -> torch.Tensor:
-        """float32 [B, V]: conditional logits, combined with the unconditional twins when guided."""
+    def _guided_logits(self, batch: _Batch, scale: float, trace: list | None, position: int,
+                       prompt_scale: float | None = None) -> torch.Tensor:
+        """float32 [B, V]: conditional logits, combined with the twins when guided.
+
+        ``prompt_scale`` (dual guidance, needs the prior-only group): see the module docstring.
+        """
         size = batch.size
         cond = batch.logits[:size]
         if trace is not None:
             trace.append((position, batch.rows.tolist(), cond.detach().cpu().clone()))
+        if batch.groups == 3 and prompt_scale is not None:
+            if scale == 1.0 and prompt_scale == 1.0:
+                return cond
+            uncond, prior_only = batch.logits[size:2 * size], batch.logits[2 * size:]
+            return uncond + scale * (prior_only - uncond) + prompt_scale * (cond - prior_only)
         if not batch.guided or scale == 1.0:
             return cond  # exactly the conditional logits (u + 1 * (c - u) may differ from c in the last bit)
-        uncond = batch.logits[size:]
+        uncond = batch.logits[size:2 * size]
         return uncond + scale * (cond - uncond)
 
     def _decode_image(self, batch: _Batch, sequences: list[list[int]], generators: list, settings: SamplingSettings,
@@ -402,7 +437,8 @@ class ConstrainedSampler:
         rows = batch.rows.tolist()
         for r in range(h):
             for c in range(w):
-                logits = self._guided_logits(batch, settings.cfg_scale, trace, len(sequences[rows[0]]))
+                logits = self._guided_logits(batch, settings.cfg_scale, trace, len(sequences[rows[0]]),
+                                             settings.cfg_prompt_scale)
                 visual = logits[:, self._visual]
                 if anchors is not None:
                     # rows do not leave the batch before the image is complete: row i is still original row rows[i]

@@ -11,8 +11,11 @@ emu3-8b    4096    32      32     8     14336   9216       Emu3-Gen's shape; ini
 
 Small presets get their vocabulary size from the :class:`~progemu.model.layout.TokenLayout`
 (BPE + 8 specials + codebook); ``emu3-8b`` keeps Emu3's 184,622. ``attention_dropout`` is 0
-for every preset (Emu3's config default is 0.1, which would make training steps
-irreproducible and is not what the official fine-tuning used).
+for every preset, so a training step is a deterministic function of its batch. The official
+fine-tuning differs: it loads the checkpoint's own config (``Emu3Config.from_pretrained``, whose
+class default is ``attention_dropout=0.1``), and its fork of the model applies that rate to the
+attention weights and also to the embeddings and to each residual branch. docs/paper.md lists
+this with the other differences from the paper and the official code.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``progemu tokenize --data DIR --tokenizer TOK [--batch-size B]``: cache the codes of every image.
+"""``progemu tokenize --data DIR --tokenizer TOK [--batch-size B] [--pairs-list FILE]``: cache the codes of every image.
 
 Writes ``DIR/codes/<identity>/`` (see :mod:`progemu.tokenizer.cache`); re-running resumes and
 encodes only images not cached yet. Prints one JSON line with the identity, counts and speed.
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="curated ICG-CXR dataset (or a folder of images)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory (progemu tokenizer train, or an Emu3 -hf model)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images encoded at once")
+    parser.add_argument("--pairs-list", default=None,
+                        help="JSON list of pair JSON paths (as the official --data_path): encode only their images")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -48,10 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         check_in_dir(args.data, "--data", "dataset or image folder")
         check_device(args.device)
         codes_dir = check_out_dir(f"{args.data}/{CODES_DIRNAME}", "--data")
+        images = None
+        if args.pairs_list is not None:
+            from progemu.data.icgcxr import load_pairs
+
+            pairs = load_pairs(args.data, pairs_list=args.pairs_list)
+            images = [path for pair in pairs for path in (pair.prior_image, pair.followup_image)]
         tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device)
         start = time.perf_counter()
         with output_lock(codes_dir, "progemu tokenize", flag="--data"):
-            cache = ensure_codes(args.data, tokenizer, batch_size=args.batch_size, progress=not args.quiet)
+            cache = ensure_codes(args.data, tokenizer, images=images, batch_size=args.batch_size,
+                                 progress=not args.quiet)
     except UsageError as error:
         print(f"progemu tokenize: {error}", file=sys.stderr)
         return 2

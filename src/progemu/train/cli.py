@@ -4,6 +4,7 @@ Examples::
 
     progemu train --data icg --tokenizer tok --out ckpt --preset tiny --epochs 20
     progemu train --data icg --tokenizer tok --out ckpt --resume            # after a crash / SIGKILL
+    progemu train --data icg --tokenizer tok --out ckpt --preset base --recipe official --pairs-list train.json
     torchrun --nproc_per_node 4 -m progemu.train.cli --data icg --tokenizer emu3-hf --init emu3-hf \\
         --preset emu3-8b --out ckpt --strategy fsdp --batch-size 64 --micro-batch-size 1 --lr 1e-5
 
@@ -23,6 +24,29 @@ __all__ = ["main", "build_parser", "config_from_args"]
 #: so 0.1 gives the unconditional branch enough training for classifier-free guidance;
 #: larger presets use the official null_prompt_prob 0.01.
 DEFAULT_PROMPT_DROPOUT = {"tiny": 0.1}
+
+#: ``--recipe``: defaults for the flags a command line leaves out. ``official`` = the released code's
+#: scripts/init.sh and dataset class (null_prompt_prob 0.01, shuffle_sentence_prob 0.05,
+#: dropneg_sentence_prob 0.05, loss on every token, lr 1e-5 cosine to 1e-6, 30 warm-up steps, weight
+#: decay 0.1, clipping 5, 30 epochs), the paper's sequential positions and none of progemu's additions.
+RECIPES: dict[str, dict] = {
+    "progemu": {},
+    "official": {"prompt_dropout": 0.01, "prompt_shuffle": 0.05, "drop_negative": 0.05, "sentence_shuffle": 0.0,
+                 "loss_on": "all", "visual_loss_weight": 1.0, "lr": 1e-5, "min_lr": 1e-6, "warmup_steps": 30,
+                 "weight_decay": 0.1, "clip": 5.0, "epochs": 30, "positions": "sequential", "identity_pairs": 0.0,
+                 "prompt_only_dropout": 0.0},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with the chosen ``--recipe``'s defaults (explicit flags still win)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", choices=tuple(RECIPES), default="progemu")
+    recipe = pre.parse_known_args(argv)[0].recipe
+    parser = build_parser()
+    known = {action.dest for action in parser._actions}
+    parser.set_defaults(**{k: v for k, v in RECIPES[recipe].items() if k in known})
+    return parser.parse_args(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "the demo uses 0.25 so the irreducible image-code loss does not drown the text)")
     parser.add_argument("--prompt-dropout", type=float_range(0, 1, max_open=True), default=None,
                         help="probability of blanking prior image + prompt (CFG); default 0.1 for tiny, else 0.01")
-    parser.add_argument("--sentence-shuffle", type=float_range(0, 1), default=0.05,
-                        help="probability of shuffling the interpretation's sentences (augmentation)")
+    parser.add_argument("--prompt-shuffle", type=float_range(0, 1), default=0.05,
+                        help="probability of shuffling the prompt's sentences (official augmentation, default 0.05)")
+    parser.add_argument("--drop-negative", type=float_range(0, 1), default=0.05,
+                        help="probability of dropping one 'No / Unchanged / Persistent ...' sentence of the prompt, "
+                             "never the last (official augmentation, default 0.05)")
+    parser.add_argument("--sentence-shuffle", type=float_range(0, 1), default=0.0,
+                        help="probability of shuffling the interpretation's sentences (progemu's option, not the "
+                             "official code's; default 0)")
+    parser.add_argument("--pairs-list", default=None,
+                        help="JSON list of pair JSON paths to train on, like the official --data_path (replaces --split)")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default="progemu",
+                        help="official = the released training script's settings for every flag not given "
+                             "(docs/paper.md); recorded in train_config.json")
     parser.add_argument("--positions", choices=("sequential", "aligned"), default="sequential",
                         help="sequential = the paper's positions (converted official weights); aligned = follow-up cell (i, j) "
                              "at a fixed offset from prior cell (i, j), whatever the prompt's length (default sequential)")
@@ -67,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="aligned positions: prompt tokens that fit before the follow-up image (default 128)")
     parser.add_argument("--identity-pairs", type=float, default=0.0,
                         help="probability that an example becomes prior -> prior with a 'no change' prompt (default 0)")
+    parser.add_argument("--prompt-only-dropout", type=float_range(0, 1, max_open=True), default=0.0,
+                        help="probability of removing only the prompt, keeping the prior image: trains the prior-only "
+                             "branch of dual guidance (generate --cfg-prompt-scale); default 0")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and dropout")
     parser.add_argument("--save-every", type=positive_int, default=100, help="steps between step checkpoints")
     parser.add_argument("--keep-last", type=positive_int, default=2, help="step checkpoints kept")
@@ -95,8 +133,10 @@ def config_from_args(args: argparse.Namespace):
                         schedule_steps=args.schedule_steps, weight_decay=args.weight_decay, clip_grad_norm=args.clip)
     dropout = args.prompt_dropout if args.prompt_dropout is not None else DEFAULT_PROMPT_DROPOUT.get(args.preset, 0.01)
     data = DataConfig(split=args.split, mode=args.mode, loss_on=args.loss_on, visual_loss_weight=args.visual_loss_weight,
-                      prompt_dropout=dropout, sentence_shuffle=args.sentence_shuffle, identity_pairs=args.identity_pairs)
-    return TrainConfig(data=args.data, tokenizer=args.tokenizer, out=args.out, preset=args.preset, init=args.init,
+                      prompt_dropout=dropout, sentence_shuffle=args.sentence_shuffle, identity_pairs=args.identity_pairs,
+                      prompt_only_dropout=args.prompt_only_dropout, prompt_shuffle=args.prompt_shuffle,
+                      drop_negative=args.drop_negative, pairs_list=args.pairs_list)
+    return TrainConfig(recipe=args.recipe, data=args.data, tokenizer=args.tokenizer, out=args.out, preset=args.preset, init=args.init,
                        text_tokenizer=args.text_tokenizer, bpe_vocab_size=args.bpe_vocab_size, data_config=data, optim=optim,
                        positions=args.positions, prompt_budget=args.prompt_budget,
                        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
@@ -159,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from progemu.utils.extras import prepare_command
 
     prepare_command("train", sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from progemu.model.presets import PRESETS
     from progemu.train.trainer import train
 

@@ -1,8 +1,8 @@
 """Training examples for ProgEmu: curated pairs + cached image codes -> (input_ids, labels).
 
-Every random decision (prompt dropout, sentence shuffle, the epoch's order) is a pure function
-of ``(seed, epoch, pair index)`` through ``numpy.random.default_rng``; nothing depends on
-global RNG state or on which process builds an example. That is what makes ``--resume``
+Every random decision (prompt dropout, prompt / interpretation sentence shuffle, drop-negative, the
+epoch's order) is a pure function of ``(seed, epoch, pair index)`` through ``numpy.random.default_rng``;
+nothing depends on global RNG state or on which process builds an example. That is what makes ``--resume``
 reproduce the uninterrupted loss curve and makes N processes see the same global batch
 as one process.
 
@@ -22,7 +22,8 @@ import numpy as np
 
 from progemu.model.layout import IGNORE_INDEX, TokenLayout
 
-__all__ = ["DataConfig", "ProgEmuExamples", "epoch_batches", "collate", "load_codes", "shuffle_sentences", "identity_texts"]
+__all__ = ["DataConfig", "ProgEmuExamples", "epoch_batches", "collate", "load_codes", "shuffle_sentences", "identity_texts",
+           "prompt_sentences", "NEGATIVE_OPENINGS"]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -36,18 +37,61 @@ class DataConfig:
     loss_on: str = "target"  # target (paper) | all (released code)
     visual_loss_weight: float = 1.0  # weight of image-code labels in the optimised loss (see train/objective.py)
     prompt_dropout: float = 0.01  # official null_prompt_prob; probability that prior image + prompt are blanked
-    sentence_shuffle: float = 0.05  # official: probability of shuffling the interpretation's sentences
+    # the official augmentation of the progression prompt (its shuffle_sentence_prob / dropneg_sentence_prob):
+    # shuffle the prompt's sentences, drop one "No / Unchanged / Persistent ..." sentence (prompt_sentences)
+    prompt_shuffle: float = 0.05
+    drop_negative: float = 0.05
+    # progemu's own option, not in the official code: shuffle the interpretation's sentences (off by default)
+    sentence_shuffle: float = 0.0
+    pairs_list: str | None = None  # JSON list of pair JSON paths to train on (replaces split); see load_pairs
     bucket_batches: int = 8  # global batches per length-sorted chunk (1 = no bucketing)
     # identity pairs: with this probability an example becomes prior -> prior with a "no change" prompt
     # and interpretation, which teaches the model that what the prompt does not name stays as it was
     identity_pairs: float = 0.0
     identity_prompt: str = "No interval change."
     identity_interpretation: str = "No interval change: the follow-up radiograph is unchanged from the prior."
+    # probability that only the prompt is removed (the prior image stays): trains the prior-only branch that
+    # dual guidance (SamplingSettings.cfg_prompt_scale) contrasts with the full condition
+    prompt_only_dropout: float = 0.0
 
 
 def identity_texts(config: DataConfig) -> list[str]:
     """The identity pairs' texts when they are used (the text tokenizer must know them), else ``[]``."""
     return [config.identity_prompt, config.identity_interpretation] if config.identity_pairs > 0 else []
+
+
+#: sentence openings the official drop-negative step removes (a plain prefix test, as there: "Normal ..." and
+#: "Nodular ..." start with "No" too)
+NEGATIVE_OPENINGS = ("No", "Unchanged", "Persistent")
+
+
+def prompt_sentences(text: str, rng: np.random.Generator, shuffle: float, drop_negative: float) -> str:
+    """The official augmentation of a progression prompt (``augment_sentences`` of the released dataset code).
+
+    The prompt is split on ``". "``; a one-sentence prompt comes back unchanged. Otherwise the final
+    full stop is removed, then with probability ``shuffle`` the sentences are permuted and, independently,
+    with probability ``drop_negative`` the first sentence opening with one of :data:`NEGATIVE_OPENINGS`
+    is removed, never the last one left. The sentences are re-joined with ``". "`` plus a final ``"."``.
+    Both random draws are always made, so the stream does not depend on the text.
+    """
+    if not text:
+        return text
+    sentences = text.strip().split(". ")
+    if len(sentences) == 1:
+        return text
+    if sentences[-1].endswith("."):
+        sentences[-1] = sentences[-1][:-1]
+    else:
+        sentences = [s for s in sentences if s]
+    do_shuffle, do_drop = rng.random() < shuffle, rng.random() < drop_negative
+    if do_shuffle:
+        sentences = [sentences[i] for i in rng.permutation(len(sentences))]
+    if do_drop and len(sentences) > 1:
+        for i, sentence in enumerate(sentences):
+            if sentence.startswith(NEGATIVE_OPENINGS):
+                del sentences[i]
+                break
+    return ". ".join(sentences) + "."
 
 
 def shuffle_sentences(text: str, rng: np.random.Generator) -> str:
@@ -126,9 +170,10 @@ class ProgEmuExamples:
     def _encode(self, text: str) -> list[int]:
         return list(self.text_tokenizer.encode(text, add_special_tokens=False)) if text else []
 
-    def _build(self, index: int, null: bool, interpretation_ids: list[int]):
+    def _build(self, index: int, null: bool, interpretation_ids: list[int], prompt_ids: list[int] | None = None):
         pair = self.pairs[index]
-        return self.layout.build(self.codes[str(pair.prior_image)], self.prompt_ids[index], self.codes[str(pair.followup_image)],
+        prompt_ids = self.prompt_ids[index] if prompt_ids is None else prompt_ids
+        return self.layout.build(self.codes[str(pair.prior_image)], prompt_ids, self.codes[str(pair.followup_image)],
                                  interpretation_ids, mode=self.config.mode, loss_on=self.config.loss_on, null_condition=null)
 
     def example(self, index: int, epoch: int) -> tuple[list[int], list[int]]:
@@ -137,12 +182,32 @@ class ProgEmuExamples:
         interpretation = self.interpretation_ids[index]
         if self.config.mode != "image" and rng.random() < self.config.sentence_shuffle:
             interpretation = self._encode(shuffle_sentences(self.pairs[index].interpretation, rng))
+        prompt_only = not null and self._drop_prompt_only(index, epoch)
         if self.config.identity_pairs > 0 and rng.random() < self.config.identity_pairs:
             prior = self.codes[str(self.pairs[index].prior_image)]
             prompt, interpretation = self.identity_ids
-            return self.layout.build(prior, prompt, prior, interpretation, mode=self.config.mode,
+            return self.layout.build(prior, [] if prompt_only else prompt, prior, interpretation, mode=self.config.mode,
                                      loss_on=self.config.loss_on, null_condition=null)
-        return self._build(index, null, interpretation)
+        if prompt_only:
+            pair = self.pairs[index]
+            return self.layout.build(self.codes[str(pair.prior_image)], [], self.codes[str(pair.followup_image)],
+                                     interpretation, mode=self.config.mode, loss_on=self.config.loss_on)
+        return self._build(index, null, interpretation, self._prompt(index, epoch))
+
+    def _prompt(self, index: int, epoch: int) -> list[int]:
+        """The prompt's ids after the official sentence shuffle / drop-negative (own random stream)."""
+        if self.config.prompt_shuffle <= 0 and self.config.drop_negative <= 0:
+            return self.prompt_ids[index]
+        rng = np.random.default_rng([self.seed, int(epoch), int(index), 3])
+        text = self.pairs[index].prompt
+        augmented = prompt_sentences(text, rng, self.config.prompt_shuffle, self.config.drop_negative)
+        return self.prompt_ids[index] if augmented == text else self._encode(augmented)
+
+    def _drop_prompt_only(self, index: int, epoch: int) -> bool:
+        """Whether this example loses its prompt alone; its own random stream leaves every other draw unchanged."""
+        if self.config.prompt_only_dropout <= 0:
+            return False
+        return bool(np.random.default_rng([self.seed, int(epoch), int(index), 2]).random() < self.config.prompt_only_dropout)
 
 
 def epoch_batches(lengths: Sequence[int], global_batch: int, seed: int, epoch: int, bucket_batches: int = 8) -> list[list[int]]:

@@ -52,6 +52,7 @@ class TrainConfig:
     """Everything ``progemu train`` needs; saved as ``OUT/train_config.json`` and in ``progemu.json``."""
 
     data: str = ""
+    recipe: str = "progemu"  # progemu | official: whose defaults the unset flags took (progemu train --recipe)
     tokenizer: str = ""  # image tokenizer directory
     out: str = ""
     preset: str = "tiny"
@@ -140,7 +141,7 @@ class Trainer:
         resume_dir = latest_checkpoint(self.out) if config.resume else None
         if not config.resume and (latest_checkpoint(self.out) is not None or (self.out / PROGEMU_META).exists()):
             raise FileExistsError(f"{self.out} already holds a training run; pass --resume to continue it or choose another --out")
-        self.pairs = load_pairs(config.data, split=config.data_config.split)
+        self.pairs = load_pairs(config.data, split=config.data_config.split, pairs_list=config.data_config.pairs_list)
         self.image_tokenizer = ImageTokenizer.from_pretrained(config.tokenizer)
         if info.is_main:
             self.codes = load_codes(config.data, self.pairs, self.image_tokenizer, progress=config.progress)

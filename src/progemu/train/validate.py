@@ -38,7 +38,8 @@ def heldout_loss(loaded, pairs: Sequence[Any], codes: dict, *, batch_size: int =
     wrapped = TargetLoss(model, layout.visual_offset, layout.codebook_size)
     result: dict = {"pairs": len(pairs)}
     for name, dropout in (("conditional", 0.0), ("null", 1.0)):
-        config = DataConfig(split="", mode=loaded.mode, prompt_dropout=dropout, sentence_shuffle=0.0)
+        config = DataConfig(split="", mode=loaded.mode, prompt_dropout=dropout, sentence_shuffle=0.0,
+                            prompt_shuffle=0.0, drop_negative=0.0)
         examples = ProgEmuExamples(pairs, codes, loaded.text_tokenizer, layout, config)
         sums = torch.zeros(5, dtype=torch.float64)
         for start in range(0, len(examples), batch_size):

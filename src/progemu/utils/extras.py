@@ -34,6 +34,10 @@ MODULES: dict[str, tuple[str, str | None]] = {
     "open_clip": ("open-clip-torch", None),
     "pycocoevalcap": ("pycocoevalcap", None),
     "torchmetrics": ("torchmetrics", None),
+    "diffusers": ("diffusers", None),
+    "nltk": ("nltk", None),
+    "rouge_score": ("rouge-score", None),
+    "wn": ("wn", None),
     "openai": ("openai", "curate"),
     "gradio": ("gradio", "serve"),
 }
@@ -50,8 +54,10 @@ COMMAND_NEEDS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "transformers", "safetensors"),
     "generate": ("torch", "transformers", "safetensors", "pydicom"),
     "evaluate": _EVALUATE,
-    "demo": ("numpy", "PIL", "scipy", "SimpleITK", "pydicom", *_EVALUATE),
+    "demo": ("numpy", "PIL", "scipy", "SimpleITK", "pydicom", *_EVALUATE, "diffusers"),
     "serve": ("torch", "transformers", "safetensors", "pydicom", "gradio"),
+    "convert": ("torch", "transformers", "safetensors"),
+    "baseline": ("torch", "transformers", "safetensors", "diffusers"),
 }
 
 #: commands that load transformers weights (their "Loading weights" bars are hidden unless --verbose)
@@ -111,6 +117,8 @@ def missing_for(command: str, argv: Sequence[str] = ()) -> list[str]:
         needs.append("openai")
     if command == "evaluate" and argv and argv[0] == "train-evaluators":
         needs = ["torch", "torchvision", "safetensors", "torchxrayvision", "open_clip"]
+    elif command == "evaluate" and _text_backend(argv) in ("nltk", "both"):
+        needs += ["nltk", "rouge_score", "wn"]
     return [module for module in dict.fromkeys(needs) if not _installed(module)]
 
 
@@ -132,7 +140,13 @@ def _message(command: str, missing: list[str]) -> str:
 def _java_needed(command: str, argv: Sequence[str]) -> bool:
     if command == "demo":
         return True
-    return command == "evaluate" and not (argv and argv[0] == "train-evaluators") and "--no-meteor" not in argv
+    return (command == "evaluate" and not (argv and argv[0] == "train-evaluators") and "--no-meteor" not in argv
+            and _text_backend(argv) != "nltk")  # NLTK's METEOR is Python
+
+
+def _text_backend(argv: Sequence[str]) -> str:
+    """``progemu evaluate``'s text backend: ``--text-backend``, else nltk under ``--recipe official``, else coco."""
+    return _flag_value(argv, "--text-backend") or ("nltk" if _flag_value(argv, "--recipe") == "official" else "coco")
 
 
 def prepare_command(command: str, argv: Sequence[str] | None = None) -> None:
