@@ -1,4 +1,4 @@
-"""Benchmark of the two annotators of ``progemu curate`` (issue 3, item 4).
+"""Benchmark of the two annotators of ``progemu curate``.
 
 Rules annotator: throughput (pairs/s, one thread) and accuracy on synthetic-world report pairs
 against the world's true state changes, and throughput / understood-sentence fraction /

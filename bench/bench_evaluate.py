@@ -1,4 +1,4 @@
-"""Benchmark of ``progemu evaluate`` (issue 7): metric speed vs reference paths, evaluator training and quality.
+"""Benchmark of ``progemu evaluate``: metric speed vs reference paths, evaluator training and quality.
 
 1. FID on 1024-d features (the real DenseNet's size), N = 760 per set (the paper's test split):
    ours (scipy ``sqrtm``) vs torchmetrics' ``_compute_fid`` (reference), time and |difference|.

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     ref_rate, rate = ref_patients / ref_s, args.patients / par_s
     command = f".venv/bin/python bench/bench_synth.py --patients {args.patients} --image-size {args.image_size} --workers {args.workers}"
-    goal, issue = (120, "issue 2") if args.anatomy == "phantom" else (180, "real anatomy")
+    goal, anatomy_name = (120, "phantom anatomy") if args.anatomy == "phantom" else (180, "real anatomy")
     if args.anatomy != "phantom":
         command += f" --anatomy {args.anatomy}"
     out = args.out or ("bench/results/synth.md" if args.anatomy == "phantom" else "bench/results/synth_real.md")
@@ -122,7 +122,7 @@ Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}
 Ratio to the reference (wall throughput, same run): {rate / ref_rate:.2f}x.
 CPU seconds / {args.workers} workers = {par_cpu / args.workers:.1f} s: the wall time on an otherwise idle {args.workers}-core machine
 (the machine is shared with other engineers, so wall time includes their load).
-Goal ({issue}): {args.patients} patients at {args.image_size} px in <= {goal} s on 2 cores: wall time {"met" if par_s <= goal else "NOT met"} ({par_s:.1f} s at load {load:.1f});
+Goal ({anatomy_name}): {args.patients} patients at {args.image_size} px in <= {goal} s on 2 cores: wall time {"met" if par_s <= goal else "NOT met"} ({par_s:.1f} s at load {load:.1f});
 CPU-time estimate for idle cores {"met" if par_cpu / args.workers <= goal else "NOT met"} ({par_cpu / args.workers:.1f} s).
 """
     Path(out).parent.mkdir(parents=True, exist_ok=True)

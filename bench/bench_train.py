@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from progemu.train.memory_plan import format_plan, memory_plan
 
     lines = [
-        "# Training benchmark (issue 5)", "",
+        "# Training benchmark", "",
         f"Command: `OMP_NUM_THREADS={args.threads} .venv/bin/python bench/bench_train.py --threads {args.threads} "
         f"--steps {args.steps} --batch {args.batch}`", "",
         f"Machine: {platform.machine()} CPU, 2 cores shared with other jobs (load average {load[0]:.1f} at the end), "

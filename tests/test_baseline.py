@@ -324,3 +324,34 @@ def test_ddim_sampling_with_a_perfect_denoiser_returns_its_target(prediction_typ
     out = instructpix2pix_sample(Perfect(), target, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4),
                                  SampleConfig(steps=10, image_scale=1.0, text_scale=1.0), generators)
     torch.testing.assert_close(out, target, rtol=0, atol=1e-5)
+
+
+def test_generate_one_prior_and_a_split_with_user_masks(tiny_data, tmp_path, capsys):
+    """PIE with the user's masks: an empty mask leaves the prior untouched, pixel for pixel."""
+    from progemu.baseline.cli import main
+    from progemu.data.icgcxr import load_pairs
+    from progemu.data.images import read_image
+    from progemu.evaluate.generations import pair_folder
+    from progemu.utils.atomic import atomic_save_png
+
+    model = tmp_path / "pie"
+    assert main(_train_args(tiny_data, model, "--method", "pie", "--max-steps", "2")) == 0
+    pairs = load_pairs(tiny_data, split="test")
+    masks = tmp_path / "masks"
+    for k, pair in enumerate(pairs):
+        mask = np.zeros((32, 32), np.float32)
+        mask[8:20, 8:20] = float(k % 2)  # odd pairs: a square to edit; even pairs: nothing
+        atomic_save_png(masks / f"{pair_folder(pair.pair_id)}.png", mask)
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(model), "--data", str(tiny_data), "--out", str(out), "--masks", str(masks),
+                 "--steps", "2", "--rounds", "1", "--mask-dilate", "0"]) == 0
+    for k, pair in enumerate(pairs):
+        counterfactual, prior = read_image(out / f"{pair_folder(pair.pair_id)}.png"), read_image(pair.prior_image)
+        outside = np.ones((32, 32), bool)
+        outside[8:20, 8:20] = k % 2 == 0
+        np.testing.assert_allclose(counterfactual[outside], prior[outside], atol=1 / 255)
+        if k % 2:
+            assert np.abs(counterfactual - prior)[8:20, 8:20].mean() > 0.01
+    assert main(["generate", "--model", str(model), "--prior", str(pairs[0].prior_image), "--prompt", "New effusion.",
+                 "--out", str(tmp_path / "one"), "--steps", "2"]) == 0
+    assert read_image(tmp_path / "one" / "counterfactual_0.png").shape == (32, 32)
