@@ -74,10 +74,9 @@ def main() -> None:
     parser.add_argument("--work", required=True, help="scratch folder (the evaluation goes to WORK/eval)")
     parser.add_argument("--reuse-generations", help="a generation cache (e.g. the demo's eval/generations) whose rows "
                         "are copied in instead of generating again; a row made otherwise is refused by its key")
-    parser.add_argument("--progemu-budget", default="1000 steps x 16 pairs of a 1500-step cosine, on one H200 "
-                        "(src/progemu/assets/demo/MANIFEST.json); on this 2-core CPU a 1000-step run of the earlier demo "
-                        "recipe took 3379 s wall (BENCHMARKS.md, 'The demo model'), i.e. up to ~6,800 CPU s, plus the "
-                        "image tokenizer's training",
+    parser.add_argument("--progemu-budget", default="1000 steps x 16 pairs of a 1500-step cosine on the 2-core CPU VM "
+                        "(src/progemu/assets/demo/MANIFEST.json): 2.9 CPU s per step measured with one thread, i.e. "
+                        "~2,900 CPU s, plus the image tokenizer's training",
                         help="how ProgEmu's training budget is stated (it was measured elsewhere)")
     parser.add_argument("--out", default="bench/results/baselines.md")
     args = parser.parse_args()
