@@ -257,7 +257,7 @@ def test_packaged_wordnet_is_read_by_nltk_and_cached(tmp_path):
     assert str(again.synsets("effusion")[0]) == "Synset('effusion.n.01')"
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR 1.5 needs Java")
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR 1.5 needs a Java runtime (make test installs it)")
 def test_coco_and_both_backends_against_hand_computed_values():
     from progemu.evaluate.text_metrics import TextScorer
 
@@ -276,7 +276,7 @@ def test_coco_and_both_backends_against_hand_computed_values():
     assert description["backend"] == "both" and description["versions"]["nltk"] and description["versions"]["wn"]
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR 1.5 needs Java")
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR 1.5 needs a Java runtime (make test installs it)")
 def test_coco_meteor_hand_computed():
     from progemu.evaluate.text_metrics import TextScorer
 
